@@ -1,0 +1,447 @@
+"""Summarise benchmark runs: TAR table, normalised average score and learning curves (README "Experiment results").
+
+Usage: python benchmark/report.py runs --out results
+Reads the TensorBoard event files of every run folder `runs/{env_id}__{exp_name}__{seed}__{unix_time}/`, groups the
+runs by (env, exp_name), writes OUT/results.md plus one learning-curve PNG per env and prints the markdown.
+Metrics follow ALGORITHM.md section 7.
+"""
+
+import argparse
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 (after selecting the Agg backend)
+import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+EVAL_TAG = "eval/episodic_return"
+HPARAMS_TAG = "hyperparameters/text_summary"
+DEFAULT_NUM_ENVS = 20
+PAPER_SEEDS = 5
+# Paper Table 2 (Wang et al. 2025, "Enhanced DACER Algorithm with High Diffusion Efficiency"): TAR mean and std over
+# 5 seeds on the gym -v3 tasks, 1.5 M iterations.
+PAPER_TAR = {
+    "DACERv2": {
+        "HumanoidStandup": (170956, 8792), "Ant": (9169, 129), "Humanoid": (12426, 292), "Walker2d": (8011, 188),
+        "InvertedDoublePendulum": (9359, 1), "Hopper": (4202, 191), "HalfCheetah": (18192, 266), "Swimmer": (172, 6),
+    },
+    "DACER": {
+        "HumanoidStandup": (161928, 3804), "Ant": (8040, 128), "Humanoid": (11791, 238), "Walker2d": (6674, 169),
+        "InvertedDoublePendulum": (9354, 2), "Hopper": (4062, 181), "HalfCheetah": (17488, 216), "Swimmer": (150, 4),
+    },
+}  # fmt: skip
+# Paper Table 2: the best mean TAR of any of its nine algorithms per task (DIME on Humanoid, SAC and DSAC on
+# InvertedDoublePendulum, DACERv2 elsewhere).
+PAPER_BEST_TAR = {
+    "HumanoidStandup": 170956, "Ant": 9169, "Humanoid": 13065, "Walker2d": 8011, "InvertedDoublePendulum": 9360,
+    "Hopper": 4202, "HalfCheetah": 18192, "Swimmer": 172,
+}  # fmt: skip
+# Hyperparameters that differ from run to run by design; never shown as what distinguishes two configurations.
+PER_RUN_KEYS = {"exp_name", "seed", "resume"}
+
+
+class ReportError(Exception):
+    """A problem with the input that ends the report with a one-line message and exit status 2."""
+
+
+@dataclass
+class Run:
+    """One training run: its evaluation curve and the settings needed to find its final 10 %."""
+
+    path: Path
+    env_id: str
+    exp_name: str
+    seed: int
+    steps: np.ndarray
+    returns: np.ndarray
+    num_envs: int
+    total_timesteps: int
+    hparams: dict = field(default_factory=dict)
+    fallbacks: list = field(default_factory=list)
+
+    @property
+    def iterations(self):
+        """Evaluation points in iterations (global_step / num_envs)."""
+        return self.steps / self.num_envs
+
+    @property
+    def partial(self):
+        """Whether the last evaluation is short of the planned total (total_timesteps)."""
+        return self.steps[-1] < self.total_timesteps
+
+    @property
+    def label(self):
+        """The run as `env / exp_name / seed N` for notes."""
+        return f"{self.env_id} / {self.exp_name} / seed {self.seed}"
+
+
+def parse_hparams(text):
+    """Parse the `|param|value|` markdown table of the hyperparameters text into a dict of strings."""
+    rows = (line.strip().strip("|").split("|", 1) for line in text.splitlines() if line.count("|") >= 2)
+    return {key.strip(): value.strip() for key, value in rows if key.strip() not in {"param", "-"}}
+
+
+def read_event_file(path):
+    """Return ([(wall_time, step, value), ...] of the eval tag, hyperparameters dict) of one event file."""
+    acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0}).Reload()
+    tags = acc.Tags()
+    scalars = [(e.wall_time, e.step, e.value) for e in acc.Scalars(EVAL_TAG)] if EVAL_TAG in tags["scalars"] else []
+    hparams = {}
+    if HPARAMS_TAG in tags["tensors"]:
+        hparams = parse_hparams(acc.Tensors(HPARAMS_TAG)[0].tensor_proto.string_val[0].decode())
+    return scalars, hparams
+
+
+def merge_scalars(scalars):
+    """Merge (wall_time, step, value) events of several files: sorted by step, a later write overrides a step."""
+    by_step = {step: value for _, step, value in sorted(scalars, key=lambda event: event[0])}
+    steps = np.array(sorted(by_step), dtype=np.int64)
+    return steps, np.array([by_step[s] for s in steps], dtype=np.float64)
+
+
+def parse_run_name(name, hparams):
+    """(env_id, exp_name, seed) from `{env_id}__{exp_name}__{seed}__{unix_time}`, else from the hyperparameters."""
+    parts = name.split("__")
+    if len(parts) >= 4 and parts[-2].isdigit():
+        return parts[0], "__".join(parts[1:-2]), int(parts[-2])
+    try:
+        return hparams["env_id"], hparams["exp_name"], int(hparams["seed"])
+    except (KeyError, ValueError):
+        raise ReportError(f"cannot tell env, exp_name and seed of run folder {name!r}") from None
+
+
+def int_hparam(hparams, key, default, fallbacks, description):
+    """An integer hyperparameter, or `default` when it is missing or unreadable (then `description` is recorded)."""
+    try:
+        return int(float(hparams[key]))
+    except (KeyError, ValueError):
+        fallbacks.append(description)
+        return default
+
+
+def load_run(run_dir, event_files):
+    """Build a Run from all event files of one run folder (a resumed run has several; the last hyperparameters win)."""
+    scalars, hparams = [], {}
+    for path in event_files:
+        file_scalars, file_hparams = read_event_file(path)
+        scalars += file_scalars
+        hparams = file_hparams or hparams
+    env_id, exp_name, seed = parse_run_name(run_dir.name, hparams)
+    if not scalars:
+        raise ReportError(f"{run_dir.name}: no {EVAL_TAG} scalars, skipped")
+    steps, returns = merge_scalars(scalars)
+    fallbacks = []
+    num_envs = int_hparam(hparams, "num_envs", DEFAULT_NUM_ENVS, fallbacks, f"num_envs = {DEFAULT_NUM_ENVS} assumed")
+    largest = "total_timesteps = the largest step seen (a partial run cannot be detected)"
+    total = int_hparam(hparams, "total_timesteps", int(steps[-1]), fallbacks, largest)
+    return Run(run_dir, env_id, exp_name, seed, steps, returns, num_envs, total, hparams, fallbacks)
+
+
+def load_runs(runs_dir):
+    """Load every run folder under runs_dir; returns (runs, notes about skipped folders)."""
+    if not runs_dir.is_dir():
+        raise ReportError(f"runs directory {str(runs_dir)!r} does not exist")
+    folders = {}
+    for path in sorted(runs_dir.rglob("events.out.tfevents.*")):
+        folders.setdefault(path.parent, []).append(path)
+    if not folders:
+        raise ReportError(f"no TensorBoard event files under {str(runs_dir)!r}")
+    runs, notes = [], []
+    for run_dir, files in folders.items():
+        try:
+            runs.append(load_run(run_dir, files))
+        except ReportError as error:
+            notes.append(str(error))
+    if not runs:
+        raise ReportError(f"no run under {str(runs_dir)!r} has {EVAL_TAG} scalars")
+    return runs, notes
+
+
+def drop_duplicate_seeds(runs, notes):
+    """Keep one run per (env, exp_name, seed): the one that got furthest (then the latest folder name)."""
+    best = {}
+    for run in sorted(runs, key=lambda r: (r.steps[-1], r.path.name)):
+        key = (run.env_id, run.exp_name, run.seed)
+        if key in best:
+            notes.append(f"{run.label}: several run folders, using {run.path.name}, ignoring {best[key].path.name}")
+        best[key] = run
+    return list(best.values())
+
+
+def tar(run):
+    """(TAR, global step where the window starts): the best evaluation in the final 10 % of the run's iterations.
+
+    The window is iterations >= 0.9 x planned iterations (total_timesteps / num_envs), i.e. steps >= 0.9 x
+    total_timesteps; for a partial run it is the final 10 % of the iterations actually reached.
+    """
+    end = int(run.steps[-1]) if run.partial else run.total_timesteps
+    in_window = 10 * run.steps >= 9 * end
+    return float(run.returns[in_window].max()), 0.9 * end
+
+
+@dataclass
+class Row:
+    """TAR statistics of one (env, configuration) over its seeds."""
+
+    env_id: str
+    config: str
+    runs: list
+    tars: list
+
+    @property
+    def mean(self):
+        """Mean TAR over seeds."""
+        return float(np.mean(self.tars))
+
+    @property
+    def std(self):
+        """Population standard deviation (ddof=0) of the TAR over seeds."""
+        return float(np.std(self.tars))
+
+
+def summarise(runs):
+    """One Row per (env, exp_name), seeds sorted, rows sorted by env then configuration."""
+    groups = {}
+    for run in sorted(runs, key=lambda r: (r.env_id, r.exp_name, r.seed)):
+        groups.setdefault((run.env_id, run.exp_name), []).append(run)
+    return [Row(env, config, group, [tar(run)[0] for run in group]) for (env, config), group in groups.items()]
+
+
+def base_name(env_id):
+    """The paper's task name of an env id: `Hopper-v4` -> `Hopper`."""
+    return re.sub(r"-v\d+$", "", env_id.split("/")[-1])
+
+
+def normalised_scores(rows, best_of=None):
+    """{config: (mean, std over tasks, number of tasks)} of 100 x TAR / best TAR on each task.
+
+    The best TAR of a task is the best mean TAR of any configuration in `rows`, or `best_of[base_name(env)]` when
+    given (tasks missing from it are left out). Tasks whose best TAR is not positive are left out.
+    """
+    best = {}
+    for row in rows:
+        best[row.env_id] = max(best.get(row.env_id, -np.inf), row.mean)
+    if best_of is not None:
+        best = {env: best_of[base_name(env)] for env in best if base_name(env) in best_of}
+    scores = {}
+    for row in rows:
+        if best.get(row.env_id, 0) > 0:
+            scores.setdefault(row.config, []).append(100 * row.mean / best[row.env_id])
+    return {config: (float(np.mean(s)), float(np.std(s)), len(s)) for config, s in scores.items()}
+
+
+def config_differences(rows):
+    """{(env, config): "key=value, ..."} of the hyperparameters that tell the configurations of an env apart."""
+    common = {}
+    for row in rows:
+        settings = [set(run.hparams.items()) for run in row.runs]
+        common[row.env_id, row.config] = {k: v for k, v in set.intersection(*settings) if k not in PER_RUN_KEYS}
+    differences = {}
+    for env in {row.env_id for row in rows}:
+        configs = {key: settings for key, settings in common.items() if key[0] == env and settings}
+        keys = {k for settings in configs.values() for k in settings}
+        varying = sorted(k for k in keys if len({settings.get(k) for settings in configs.values()}) > 1)
+        for key, settings in configs.items():
+            differences[key] = ", ".join(f"{k}={settings[k]}" for k in varying if k in settings)
+    return differences
+
+
+def learning_curve(runs):
+    """(iterations, mean, CI low, CI high, seeds per point) over seeds, aligned on the union of evaluation points.
+
+    Each seed is linearly interpolated onto the union of all seeds' evaluation iterations, only inside its own
+    range (no extrapolation), so a point averages the seeds that reached it. The band is the 95 % Student-t
+    confidence interval of the mean (sample std, n - 1 degrees of freedom); it is NaN where only one seed is present.
+    """
+    grid = np.unique(np.concatenate([run.iterations for run in runs]))
+    curves = np.full((len(runs), len(grid)), np.nan)
+    for i, run in enumerate(runs):
+        inside = (grid >= run.iterations[0]) & (grid <= run.iterations[-1])
+        curves[i, inside] = np.interp(grid[inside], run.iterations, run.returns)
+    count = np.sum(~np.isnan(curves), axis=0)
+    mean = np.nanmean(curves, axis=0)
+    half = np.full(len(grid), np.nan)
+    several = count >= 2
+    if several.any():
+        sem = np.nanstd(curves[:, several], axis=0, ddof=1) / np.sqrt(count[several])
+        half[several] = stats.t.ppf(0.975, count[several] - 1) * sem
+    return grid, mean, mean - half, mean + half, count
+
+
+def plot_env(env_id, rows, out_dir):
+    """Write the learning curves of all configurations on one env to OUT/{env}.png; returns the file name."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in rows:
+        grid, mean, low, high, _ = learning_curve(row.runs)
+        (line,) = ax.plot(grid, mean, label=f"{row.config} ({len(row.runs)} seeds)")
+        ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set(title=env_id, xlabel="iterations", ylabel=EVAL_TAG)
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", env_id) + ".png"
+    fig.savefig(out_dir / name, dpi=120)
+    plt.close(fig)
+    return name
+
+
+def fmt(mean, std):
+    """`mean ± std` with one decimal."""
+    return f"{mean:.1f} ± {std:.1f}"
+
+
+def paper_cell(algo, env_id):
+    """The paper's Table 2 `mean ± std` of an algorithm on the env's task, or `-`."""
+    value = PAPER_TAR[algo].get(base_name(env_id))
+    return f"{value[0]} ± {value[1]}" if value else "-"
+
+
+def tar_table(rows):
+    """Markdown lines of the TAR table."""
+    differences = config_differences(rows)
+    lines = [
+        "| env | configuration | differs in | seeds | TAR (mean ± std) | TAR per seed | paper DACERv2 | paper DACER |",
+        "|-|-|-|-|-|-|-|-|",
+    ]
+    for row in rows:
+        per_seed = ", ".join(
+            f"{run.seed}: {value:.1f}" + (" (partial)" if run.partial else "") for run, value in zip(row.runs, row.tars)
+        )
+        lines.append(
+            f"| {row.env_id} | {row.config} | {differences.get((row.env_id, row.config)) or '-'} | {len(row.runs)} "
+            f"| {fmt(row.mean, row.std)} | {per_seed} | {paper_cell('DACERv2', row.env_id)} "
+            f"| {paper_cell('DACER', row.env_id)} |"
+        )
+    return lines
+
+
+def score_table(rows):
+    """Markdown lines of the normalised-average-score table and the sentence on its formula."""
+    ours, paper = normalised_scores(rows), normalised_scores(rows, PAPER_BEST_TAR)
+    lines = [
+        "| configuration | tasks | score (best in this report = 100) | tasks with a paper number "
+        "| score (paper's best = 100) |",
+        "|-|-|-|-|-|",
+    ]
+    for config, (mean, std, n) in ours.items():
+        mean_p, std_p, n_p = paper.get(config, (np.nan, np.nan, 0))
+        lines.append(f"| {config} | {n} | {fmt(mean, std)} | {n_p} | {fmt(mean_p, std_p) if n_p else '-'} |")
+    lines += [
+        "",
+        "Per task, each configuration's mean TAR is divided by the best mean TAR of any configuration in this report "
+        "on that task (right: by the best mean TAR of any algorithm in the paper's Table 2), then averaged over the "
+        "tasks the configuration ran and multiplied by 100; ± is the population std over those tasks. This is the "
+        "formula stated in the paper (§4.3), but it does not reproduce the paper's own column: applied to Table 2's "
+        "means it gives 99.4 for DACERv2 and 92.0 for DACER, not the printed 93.19 and 84.98. A score of 100 on one "
+        "task only means best among the configurations reported here.",
+    ]
+    return lines
+
+
+def run_notes(rows):
+    """Notes on partial runs, missing seeds and fallbacks used."""
+    notes = []
+    all_seeds = sorted({run.seed for row in rows for run in row.runs})
+    for row in rows:
+        missing = sorted(set(all_seeds) - {run.seed for run in row.runs})
+        if missing:
+            notes.append(f"{row.env_id} / {row.config}: missing seeds {missing} (present in other configurations)")
+        if len(row.runs) < PAPER_SEEDS:
+            notes.append(f"{row.env_id} / {row.config}: {len(row.runs)} seed(s), the paper uses {PAPER_SEEDS}")
+        for run in row.runs:
+            if run.partial:
+                notes.append(
+                    f"{run.label}: partial, last evaluation at iteration {run.iterations[-1]:.0f} of "
+                    f"{run.total_timesteps / run.num_envs:.0f} planned; TAR window = iterations >= "
+                    f"{tar(run)[1] / run.num_envs:.0f} (the final 10 % of the iterations it reached)"
+                )
+            if run.fallbacks:
+                notes.append(f"{run.label}: missing from its hyperparameters text: {'; '.join(run.fallbacks)}")
+    return notes
+
+
+def env_notes(rows):
+    """Caveats on comparing with the paper's gym -v3 numbers."""
+    notes = []
+    for env in sorted({row.env_id for row in rows}):
+        if base_name(env) not in PAPER_TAR["DACERv2"]:
+            notes.append(f"{env}: not in the paper's Table 2, no paper numbers")
+        elif base_name(env) in {"Humanoid", "Ant"} and not env.endswith("-v3"):
+            notes.append(
+                f"{env}: not like-for-like with the paper's -v3 task (Humanoid-v4 has no contact cost, "
+                "Ant-v4 drops contact forces from the observation)"
+            )
+    return notes
+
+
+def render_markdown(runs_dir, rows, curves, notes):
+    """The whole results.md as one string."""
+    n_runs = sum(len(row.runs) for row in rows)
+    envs = sorted({row.env_id for row in rows})
+    lines = [
+        "# DACERv2 benchmark results",
+        "",
+        f"{n_runs} runs from `{runs_dir}`: {len(envs)} env(s), {len({row.config for row in rows})} configuration(s).",
+        "",
+        "## Total Average Return (TAR)",
+        "",
+        "TAR of a seed = the best `eval/episodic_return` among its evaluations in the final 10 % of iterations "
+        "(iteration >= 0.9 x the planned total, total_timesteps / num_envs; for a partial run, >= 0.9 x the last "
+        "iteration it reached). Mean ± **population** std (ddof=0, the paper does not say which) over seeds. "
+        '"differs in" lists the hyperparameters that tell the configurations of an env apart. Paper columns: '
+        "Table 2 of the paper (gym -v3 tasks, 5 seeds, 1.5 M iterations), matched by task name.",
+        "",
+        *tar_table(rows),
+        "",
+        "## Normalised average score",
+        "",
+        *score_table(rows),
+        "",
+        "## Learning curves",
+        "",
+        "Mean `eval/episodic_return` over seeds against iterations; the band is the 95 % Student-t confidence "
+        "interval of the mean (sample std, n - 1 degrees of freedom; none where a single seed is left). Seeds are "
+        "linearly interpolated onto the union of their evaluation iterations, each only inside its own range, so a "
+        "partial seed stops contributing where it ends.",
+        "",
+        *(line for env in envs for line in (f"![{env}]({curves[env]})", "")),
+        "## Notes",
+        "",
+        *(f"- {note}" for note in notes or ["all runs complete, every configuration has the same seeds"]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv):
+    """Command line: RUNS_DIR and --out."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs_dir", type=Path, help="the folder holding the run folders (e.g. runs)")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="where results.md and the PNGs go")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    """Write OUT/results.md and the learning-curve PNGs and print the markdown; exit 2 on unusable input."""
+    args = parse_args(argv)
+    try:
+        runs, notes = load_runs(args.runs_dir)
+    except ReportError as error:
+        print(f"report.py: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    rows = summarise(drop_duplicate_seeds(runs, notes))
+    args.out.mkdir(parents=True, exist_ok=True)
+    curves = {env: plot_env(env, [r for r in rows if r.env_id == env], args.out) for env in {r.env_id for r in rows}}
+    markdown = render_markdown(args.runs_dir, rows, curves, run_notes(rows) + notes + env_notes(rows))
+    (args.out / "results.md").write_text(markdown)
+    print(markdown, end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,682 @@
+# DACERv2 (Wang et al. 2025): diffusion policy, 5 steps, Q-gradient field guidance. Docs and results: README.md
+import difflib
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+
+
+@dataclass
+class Args:
+    exp_name: str = Path(__file__).stem
+    """the name of this experiment (used in the run name)"""
+    seed: int = 1
+    """the seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, use CUDA when it is available (a notice is printed and the CPU is used otherwise)"""
+    torch_threads: int = 1
+    """the number of CPU threads of torch (1 is fastest for these small networks, and safe for parallel runs)"""
+    track: bool = False
+    """if toggled, track the run with Weights and Biases (needs `pip install wandb`)"""
+    wandb_project_name: str = "dacerv2"
+    """the wandb project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of the wandb project"""
+    capture_video: bool = False
+    """whether to capture videos of the agent (in the `videos` folder; needs `pip install moviepy`)"""
+    save_model: bool = False
+    """whether to save a checkpoint to `runs/{run_name}/{exp_name}.pt` at the end of training"""
+    resume: Optional[str] = None
+    """the path of a checkpoint to continue training from (its arguments are the defaults; flags given override)"""
+    log_frequency: int = 1_000
+    """the logging and console-progress interval, in iterations"""
+
+    # Algorithm specific arguments
+    env_id: str = "Hopper-v4"
+    """the id of the environment (the paper's `-v2/-v3` MuJoCo ids run as the matching `-v4` env)"""
+    total_timesteps: int = 30_000_000
+    """total environment steps over all envs (paper: 1.5M iterations x 20 envs)"""
+    num_envs: int = 20
+    """the number of parallel envs; one iteration = one step of every env + one gradient update"""
+    buffer_size: int = 1_000_000
+    """the replay memory buffer size, in transitions"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    tau: float = 0.005
+    """the target-critic smoothing coefficient (also the rate of the critics' running mean std omega)"""
+    batch_size: int = 256
+    """the batch size of sample from the replay memory"""
+    learning_starts: int = 30_000
+    """the number of environment steps with uniform random actions before learning starts"""
+    policy_lr: float = 1e-4
+    """the learning rate of the diffusion policy optimizer"""
+    q_lr: float = 1e-4
+    """the learning rate of the critic optimizer"""
+    alpha_lr: float = 3e-2
+    """the learning rate of log(alpha)"""
+    policy_frequency: int = 2
+    """the interval of actor and target-critic updates, in iterations"""
+    alpha_update_frequency: int = 10_000
+    """the interval of the GMM entropy estimate and the alpha update, in iterations"""
+    reward_scale: float = 0.2
+    """the factor applied to rewards inside the learner (returns are logged unscaled)"""
+    diffusion_steps: int = 5
+    """the number of denoising steps T (DACER: 20)"""
+    q_grad_coef: Optional[float] = None
+    """the weight eta of the Q-gradient-field loss L_g; default: the paper's per-task value (0 disables L_g = DACER)"""
+    time_weight: bool = True
+    """if toggled, weight the Q-gradient target by w_j = exp(c j + d); otherwise w_j = 1"""
+    q_grad_norm: bool = True
+    """if toggled, normalise the Q-gradient to unit L2 norm per sample"""
+    noise_scale: float = 0.1
+    """the exploration noise scale lambda: the executed action is clip(a0 + lambda * alpha * xi, -1, 1)"""
+    init_alpha: float = 3.0
+    """the initial entropy temperature alpha"""
+    target_entropy_scale: float = 1.0
+    """the target entropy is -scale * dim(A) (paper: 1.0, DACER code: 0.9)"""
+    gmm_components: int = 3
+    """the number of components of the per-state GMM entropy estimate"""
+    gmm_samples: int = 200
+    """the number of sampled actions per state for the GMM entropy estimate"""
+    hidden_dim: int = 256
+    """the width of the hidden layers of the actor and critics"""
+    num_layers: int = 2
+    """the number of hidden layers of the actor and critics (paper Table 6: 2; DACER code: 3)"""
+    eval_frequency: int = 15_000
+    """the evaluation interval, in iterations (a final evaluation always runs at the end)"""
+    eval_episodes: int = 10
+    """the number of episodes per evaluation"""
+
+
+# η of paper Table 5 (two groups, ALGORITHM.md §4.4); tasks not listed use DEFAULT_Q_GRAD_COEF.
+Q_GRAD_COEF = {
+    "Hopper": 1.0, "Ant": 1.0, "HalfCheetah": 1.0, "Walker2d": 1.0, "MultiGoal": 1.0,
+    "HumanoidStandup": 0.01, "Humanoid": 0.01, "Swimmer": 0.01, "InvertedDoublePendulum": 0.01,
+}  # fmt: skip
+DEFAULT_Q_GRAD_COEF = 1.0
+
+
+def fail(message):
+    """Bad user input: one line on stderr, exit status 2, no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def resolve_env_id(env_id):
+    """Returns the env id to run; the paper's mujoco-py ids (-v2/-v3) become the matching -v4 env."""
+    name, _, version = env_id.rpartition("-")
+    if name.startswith("MultiGoal"):
+        import multigoal_env  # noqa: F401  (registers MultiGoal-v0 and MultiGoal{4,5,6}-v0)
+    if version in ("v2", "v3") and "mujoco" in str(getattr(gym.registry.get(f"{name}-v4"), "entry_point", "")):
+        print(f"{env_id} needs mujoco-py (MuJoCo 2.1), which gymnasium dropped: using {name}-v4 (README: Known differences)")
+        return f"{name}-v4"
+    if env_id not in gym.registry:
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+        fail(f"unknown env id {env_id!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    return env_id
+
+
+def make_env(env_id, seed, idx, capture_video, run_name):
+    def thunk():
+        render = "rgb_array" if (capture_video and idx == 0) else None
+        env = gym.make(env_id, render_mode=render)
+        if render:
+            env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        env = gym.wrappers.RecordEpisodeStatistics(env)
+        # TRY NOT TO MODIFY: the policy acts in [-1, 1]^d; this wrapper is the one place that maps to env bounds
+        env = gym.wrappers.RescaleAction(env, -1.0, 1.0)
+        env.action_space.seed(seed)
+        return env
+
+    return thunk
+
+
+class ReplayBuffer:
+    """Transitions (s, a in [-1,1], r, s', terminated) in preallocated tensors on the training device."""
+
+    def __init__(self, capacity, obs_dim, act_dim, device):
+        self.capacity, self.size, self.pos, self.device = capacity, 0, 0, device
+        self.obs = torch.zeros(capacity, obs_dim, device=device)
+        self.next_obs = torch.zeros(capacity, obs_dim, device=device)
+        self.actions = torch.zeros(capacity, act_dim, device=device)
+        self.rewards = torch.zeros(capacity, device=device)
+        self.terminations = torch.zeros(capacity, device=device)
+
+    def add(self, obs, next_obs, actions, rewards, terminations):
+        n = len(obs)
+        idx = torch.arange(self.pos, self.pos + n) % self.capacity
+        for storage, value in zip(
+            (self.obs, self.next_obs, self.actions, self.rewards, self.terminations),
+            (obs, next_obs, actions, rewards, terminations),
+        ):
+            storage[idx] = torch.as_tensor(value, dtype=torch.float32).to(self.device, non_blocking=True)
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size):
+        idx = torch.randint(0, self.size, (batch_size,), device=self.device)
+        return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminations[idx]
+
+
+# ALGO LOGIC: VP noise schedule (paper App. D; ALGORITHM.md §1.1), network time index j = 0..T-1
+def vp_schedule(T, b_min=0.1, b_max=10.0):
+    """Per-step coefficients of the reverse sampler, in float64."""
+    i = np.arange(1, T + 1)
+    kappa = np.exp(-b_min / T - (b_max - b_min) * (2 * i - 1) / (2 * T**2))
+    beta = 1 - kappa
+    kappa_bar = np.cumprod(kappa)
+    kappa_bar_prev = np.concatenate([[1.0], kappa_bar[:-1]])
+    return {
+        "beta": beta,
+        "kappa_bar": kappa_bar,
+        "sqrt_recip_kappa_bar": 1 / np.sqrt(kappa_bar),
+        "sqrt_recip_kappa_bar_m1": np.sqrt(1 / kappa_bar - 1),
+        "posterior_std": np.sqrt(beta * (1 - kappa_bar_prev) / (1 - kappa_bar)),
+        "posterior_c1": beta * np.sqrt(kappa_bar_prev) / (1 - kappa_bar),
+        "posterior_c2": (1 - kappa_bar_prev) * np.sqrt(kappa) / (1 - kappa_bar),
+    }
+
+
+def time_weight_coefficients(T, b_min=0.1, b_max=10.0):
+    """c, d of w_j = exp(c j + d) (paper Eq. 11, App. D): the exact fit of the reversed VP alphas, w_j = kappa_{T-1-j}."""
+    return (b_max - b_min) / T**2, -b_min / T - (b_max - b_min) * (2 * T - 1) / (2 * T**2)
+
+
+def layer_init_uniform(*shape, fan_in):
+    """PyTorch's default nn.Linear initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1 / math.sqrt(fan_in)
+    return nn.Parameter(torch.empty(*shape).uniform_(-bound, bound))
+
+
+class TwinCritic(nn.Module):
+    """Two Gaussian distributional critics Z_i(s, a) ~ N(mu_i, sigma_i^2) (DSAC-T), run as one batched MLP.
+
+    Weights are stacked along a leading dim of size 2, so both critics cost one batched matmul per layer.
+    """
+
+    def __init__(self, obs_dim, act_dim, hidden_dim, num_layers):
+        super().__init__()
+        sizes = [obs_dim + act_dim] + [hidden_dim] * num_layers + [2]
+        self.weights = nn.ParameterList(layer_init_uniform(2, i, o, fan_in=i) for i, o in zip(sizes[:-1], sizes[1:]))
+        self.biases = nn.ParameterList(layer_init_uniform(2, 1, o, fan_in=i) for i, o in zip(sizes[:-1], sizes[1:]))
+
+    def forward(self, obs, actions):
+        """Returns mu, sigma of shape (2, B): one row per critic."""
+        h = torch.cat([obs, actions], -1)
+        for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = torch.baddbmm(b, h.expand(2, *h.shape) if layer == 0 else h, w)
+            if layer < len(self.weights) - 1:
+                h = F.gelu(h)
+        return h[..., 0], F.softplus(h[..., 1])
+
+
+class DiffusionActor(nn.Module):
+    """Noise-predicting network eps_theta(s, x, j) (DACER's DACERPolicyNet) and the reverse sampler (paper Eq. 6).
+
+    The first layer acts on [s, x, e(j)]; it is split as W_s s + W_x x + W_e e(j) so the state and time parts are
+    computed once per chain instead of once per step (same result as the concatenated input).
+    """
+
+    def __init__(self, obs_dim, act_dim, hidden_dim, num_layers, diffusion_steps):
+        super().__init__()
+        self.obs_dim, self.act_dim, self.T = obs_dim, act_dim, diffusion_steps
+        # sinusoidal embedding of the integer step j: (1/4) [sin(j w_k), cos(j w_k)], w_k = 10000^(-k/8), k = 0..7
+        freqs = 10000.0 ** (-torch.arange(8) / 8)
+        angles = torch.arange(diffusion_steps)[:, None] * freqs
+        self.register_buffer("time_sinusoid", torch.cat([angles.sin(), angles.cos()], -1) / 4, persistent=False)
+        self.time_mlp = nn.Sequential(nn.Linear(16, 32), nn.Mish(), nn.Linear(32, 16))
+        self.input_layer = nn.Linear(obs_dim + act_dim + 16, hidden_dim)
+        trunk = []
+        for _ in range(num_layers - 1):
+            trunk += [nn.Mish(), nn.Linear(hidden_dim, hidden_dim)]
+        self.trunk = nn.Sequential(*trunk, nn.Mish(), nn.Linear(hidden_dim, act_dim))
+        s = {k: v.tolist() for k, v in vp_schedule(diffusion_steps).items()}  # python floats: no per-step indexing
+        self.coef_x0_x, self.coef_x0_eps = s["sqrt_recip_kappa_bar"], s["sqrt_recip_kappa_bar_m1"]
+        self.coef_mu_x0, self.coef_mu_x, self.posterior_std = s["posterior_c1"], s["posterior_c2"], s["posterior_std"]
+
+    def input_parts(self, obs):
+        """First-layer contributions of the state (B, H), bias included, and of every time step (T, H)."""
+        w_obs, self.w_x, w_time = self.input_layer.weight.split([self.obs_dim, self.act_dim, 16], dim=1)
+        time_part = F.linear(self.time_mlp(self.time_sinusoid), w_time)
+        return F.linear(obs, w_obs, self.input_layer.bias), time_part
+
+    def predict_noise(self, obs_part, x, time_part_j):
+        """eps_theta(s, x, j) from the precomputed state and time parts of the first layer."""
+        return self.trunk(obs_part + F.linear(x, self.w_x) + time_part_j)
+
+    def forward(self, obs, x, j):
+        """eps_theta(s, x, j) for a batch of states, noisy actions and integer steps j."""
+        obs_part, time_part = self.input_parts(obs)
+        return self.predict_noise(obs_part, x, time_part[j])
+
+    def sample(self, obs, noise=None, keep_chain=False):
+        """Reverse DDPM chain, j = T-1 .. 0 (ALGORITHM.md §1.2), differentiable end to end.
+
+        noise (T, B, d): noise[0] is the initial x ~ N(0, I), noise[j] the step noise z_j (step 0 adds none).
+        Returns a0 in [-1, 1] and, with keep_chain, the chain inputs x_j stacked as (T, B, d) (index j).
+        """
+        if noise is None:
+            noise = torch.randn(self.T, obs.shape[0], self.act_dim, device=obs.device)
+        obs_part, time_part = self.input_parts(obs)
+        x, chain = noise[0], [None] * self.T
+        for j in reversed(range(self.T)):
+            chain[j] = x
+            eps = self.predict_noise(obs_part, x, time_part[j])
+            x0 = (x * self.coef_x0_x[j] - eps * self.coef_x0_eps[j]).clamp(-1.0, 1.0)  # clipped predicted clean action
+            x = self.coef_mu_x0[j] * x0 + self.coef_mu_x[j] * x  # posterior mean; c1_0 = 1, c2_0 = 0 so a0 = x0
+            if j > 0:
+                x = x + self.posterior_std[j] * noise[j]
+        return (x, torch.stack(chain)) if keep_chain else x
+
+
+def explore(actor, obs, alpha, noise_scale):
+    """Executed action a = clip(a0 + lambda * alpha * xi, -1, 1) (ALGORITHM.md §1.3)."""
+    a0 = actor.sample(obs)
+    return (a0 + noise_scale * alpha * torch.randn_like(a0)).clamp(-1.0, 1.0)
+
+
+# ALGO LOGIC: losses
+def critic_targets(critic_target, rewards, next_obs, next_actions, terminations, gamma):
+    """Twin value distribution learning (DSAC-T): y from the smaller target mean, y_s from that critic's sample."""
+    mu, sigma = critic_target(next_obs, next_actions)
+    q_sample = mu + sigma * torch.randn_like(mu).clamp(-3.0, 3.0)
+    smaller = mu.argmin(0, keepdim=True)
+    not_done = gamma * (1 - terminations)
+    y = rewards + not_done * mu.gather(0, smaller).squeeze(0)
+    y_sample = rewards + not_done * q_sample.gather(0, smaller).squeeze(0)
+    return y, y_sample
+
+
+def dsac_critic_loss(mu, sigma, y, y_sample, omega, eps=0.1):
+    """DSAC-T critic loss per critic (paper Eq. 14 / DSAC-T; ALGORITHM.md §3), mu, sigma (2, B), omega (2,).
+
+    grad wrt mu = -(omega^2 + eps)(y - mu)/(sigma^2 + eps); wrt sigma = -(omega^2 + eps)((mu - y_b)^2 - sigma^2)/(sigma^3 + eps)
+    """
+    omega = omega[:, None]
+    y_bounded = (mu + (y_sample - mu).clamp(-3 * omega, 3 * omega)).detach()  # clipping bound b = 3 omega
+    sigma_d = sigma.detach().clamp(min=0.0)
+    mean_term = mu * (y - mu).detach() / (sigma_d**2 + eps)
+    std_term = sigma * ((mu.detach() - y_bounded) ** 2 - sigma_d**2) / (sigma_d**3 + eps)
+    return -(omega.squeeze(1) ** 2 + eps) * (mean_term + std_term).mean(1)  # (2,): one loss per critic
+
+
+def q_grad_loss(actor, q_fn, obs, chain, weights, normalise=True):
+    """Q-gradient field loss L_g (paper Eqs. 11-13; ALGORITHM.md §4.2) over the chain's intermediate actions.
+
+    With S_theta = -eps_theta read as a score, || w_j grad_a Q_norm - S_theta ||^2 = || eps_theta + w_j g_hat ||^2,
+    averaged over all T steps (the exact expectation over t ~ U(1, T)). Inputs and target are detached.
+    """
+    T, B, d = chain.shape
+    x = chain.detach().reshape(T * B, d).requires_grad_(True)
+    obs_rep = obs.repeat(T, 1)
+    (grad_q,) = torch.autograd.grad(q_fn(obs_rep, x).sum(), x)
+    if normalise:
+        grad_q = grad_q / (grad_q.norm(dim=-1, keepdim=True) + 1e-6)
+    steps = torch.arange(T, device=obs.device).repeat_interleave(B)
+    eps = actor(obs_rep, x.detach(), steps)
+    return ((eps + weights[steps, None] * grad_q) ** 2).mean()
+
+
+# ALGO LOGIC: entropy regulator, one GMM per state fitted by batched EM (DACER; ALGORITHM.md §2)
+@torch.no_grad()
+def gmm_entropy(samples, num_components=3, max_iter=100, tol=1e-3, reg_covar=1e-6, seed=42):
+    """Per-state entropy of a full-covariance GMM fitted to samples (B, N, d); returns (B,) in float64.
+
+    H = -sum_k w_k log w_k + sum_k w_k [d/2 (1 + log 2 pi) + 1/2 log det Sigma_k]. Mirrors sklearn's
+    GaussianMixture defaults (k-means init, 100 EM iterations, tol 1e-3 on the mean log-likelihood, reg 1e-6).
+    """
+    x = samples.double()
+    B, N, d = x.shape
+    K = num_components
+    gen = torch.Generator(device=x.device).manual_seed(seed)
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    # k-means initialisation: k-means++ seeding, then Lloyd iterations -> hard responsibilities
+    first = torch.randint(0, N, (B, 1), generator=gen, device=x.device)
+    means = x.gather(1, first[..., None].expand(B, 1, d))
+    for _ in range(K - 1):
+        dist2 = torch.cdist(x, means).square().min(-1).values  # (B, N)
+        pick = torch.multinomial(dist2 + 1e-12, 1, generator=gen)
+        means = torch.cat([means, x.gather(1, pick[..., None].expand(B, 1, d))], 1)
+    for _ in range(10):
+        labels = torch.cdist(x, means).argmin(-1)
+        resp = F.one_hot(labels, K).to(x.dtype)
+        means = (resp.transpose(1, 2) @ x + means * 1e-10) / (resp.sum(1)[..., None] + 1e-10)
+    prev_ll = torch.full((B,), -torch.inf, dtype=x.dtype, device=x.device)
+    for it in range(max_iter + 1):
+        # M-step: weights, means, covariances from responsibilities (B, N, K)
+        nk = resp.sum(1) + 10 * torch.finfo(x.dtype).eps
+        weights, means = nk / N, (resp.transpose(1, 2) @ x) / nk[..., None]
+        diff = x[:, None] - means[:, :, None]  # (B, K, N, d)
+        cov = (resp.transpose(1, 2)[..., None] * diff).transpose(-1, -2) @ diff / nk[..., None, None] + reg_covar * eye
+        chol = torch.linalg.cholesky_ex(cov)[0]
+        log_det = 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (B, K)
+        if it == max_iter:
+            break
+        # E-step: log w_k N(x | mu_k, Sigma_k) and responsibilities
+        maha = torch.linalg.solve_triangular(chol, diff.transpose(-1, -2), upper=False).square().sum(-2)  # (B, K, N)
+        log_prob = (weights.log() - 0.5 * (d * math.log(2 * math.pi) + log_det))[..., None] - 0.5 * maha
+        log_norm = log_prob.logsumexp(1)  # (B, N)
+        resp = (log_prob - log_norm[:, None]).exp().transpose(1, 2)
+        ll = log_norm.mean(1)
+        if it % 10 == 9 and bool(((ll - prev_ll).abs() < tol).all()):
+            prev_ll = ll
+            break
+        prev_ll = ll
+    gaussian = 0.5 * d * (1 + math.log(2 * math.pi)) + 0.5 * log_det
+    return -(weights * weights.log()).sum(-1) + (weights * gaussian).sum(-1)
+
+
+@torch.no_grad()
+def estimate_entropy(actor, obs, alpha, noise_scale, num_samples, num_components):
+    """Mean over states of the GMM entropy of num_samples executed actions per state (paper's entropy regulator)."""
+    B = obs.shape[0]
+    actions = explore(actor, obs.repeat(num_samples, 1), alpha, noise_scale)  # (N*B, d), sample-major
+    return gmm_entropy(actions.view(num_samples, B, -1).transpose(0, 1), num_components).mean().float()
+
+
+# TRY NOT TO MODIFY: evaluation and checkpoints
+@torch.no_grad()
+def evaluate(actor, eval_envs, device, seed):
+    """Mean undiscounted return of one episode per eval env, with the evaluation action (chain, no lambda*alpha noise)."""
+    obs, _ = eval_envs.reset(seed=seed)
+    returns = np.full(eval_envs.num_envs, np.nan)
+    while np.isnan(returns).any():
+        actions = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device))
+        obs, _, _, _, infos = eval_envs.step(actions.cpu().numpy())
+        if "final_info" in infos:
+            finished = infos["final_info"]["_episode"] & np.isnan(returns)
+            returns[finished] = infos["final_info"]["episode"]["r"][finished]
+    return float(returns.mean())
+
+
+CHECKPOINT_KEYS = {"actor", "critic", "critic_target", "actor_optimizer", "q_optimizer", "alpha_optimizer", "log_alpha",
+                   "omega", "entropy", "iteration", "global_step", "run_name", "args"}  # fmt: skip
+
+
+def save_checkpoint(path, state):
+    """Atomic write: a crash mid-write leaves any previous checkpoint intact."""
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    if not os.path.isfile(path):
+        fail(f"--resume: no such file {path!r}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unreadable, truncated or not a torch file
+        fail(f"--resume: cannot read checkpoint {path!r} ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:100]})")
+    missing = CHECKPOINT_KEYS - set(checkpoint) if isinstance(checkpoint, dict) else CHECKPOINT_KEYS
+    if missing:
+        fail(f"--resume: {path!r} is not a checkpoint of this script (missing {', '.join(sorted(missing))})")
+    return checkpoint
+
+
+class UpdateTimer:
+    """Mean wall time of the update step; CUDA events on GPU so the hot loop never synchronises."""
+
+    def __init__(self, device):
+        self.cuda, self.times, self.events = device.type == "cuda", [], []
+
+    def start(self):
+        if self.cuda:
+            self.events.append([torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)])
+            self.events[-1][0].record()
+        else:
+            self.t0 = time.perf_counter()
+
+    def stop(self):
+        if self.cuda:
+            self.events[-1][1].record()
+        else:
+            self.times.append(1000 * (time.perf_counter() - self.t0))
+
+    def mean_ms(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.times = [start.elapsed_time(end) for start, end in self.events]
+            self.events = []
+        mean, self.times = (float(np.mean(self.times)) if self.times else float("nan")), []
+        return mean
+
+
+def parse_args():
+    """tyro CLI; with --resume, the checkpoint's arguments are the defaults that the given flags override."""
+    argv, checkpoint, defaults = sys.argv[1:], None, Args()
+    for i, arg in enumerate(argv):
+        if arg == "--resume" or arg.startswith("--resume="):
+            path = arg.partition("=")[2] or (argv[i + 1] if i + 1 < len(argv) else "")
+            checkpoint = load_checkpoint(path)
+            saved = {k: v for k, v in checkpoint["args"].items() if k in Args.__dataclass_fields__}
+            defaults = Args(**{**saved, "resume": path})
+    args = tyro.cli(Args, default=defaults)
+    for name in ("num_envs", "batch_size", "diffusion_steps", "total_timesteps", "buffer_size", "hidden_dim",
+                 "num_layers", "eval_frequency", "eval_episodes", "policy_frequency", "alpha_update_frequency",
+                 "log_frequency", "gmm_components", "gmm_samples", "torch_threads"):  # fmt: skip
+        if getattr(args, name) <= 0:
+            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not 0 <= args.learning_starts <= args.buffer_size:
+        fail(f"--learning-starts must be between 0 and --buffer-size ({args.buffer_size}), got {args.learning_starts}")
+    if args.q_grad_coef is not None and args.q_grad_coef < 0:
+        fail(f"--q-grad-coef must be non-negative, got {args.q_grad_coef}")
+    return args, checkpoint
+
+
+if __name__ == "__main__":
+    args, checkpoint = parse_args()
+    env_id = resolve_env_id(args.env_id)
+    try:
+        probe = gym.make(env_id)
+    except Exception as e:  # e.g. a missing optional dependency of the env
+        fail(f"cannot make {env_id}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:150]}")
+    if not isinstance(probe.action_space, gym.spaces.Box) or not isinstance(probe.observation_space, gym.spaces.Box):
+        fail(f"{env_id} has {type(probe.observation_space).__name__} observations and a "
+             f"{type(probe.action_space).__name__} action space; DACERv2 needs Box spaces")  # fmt: skip
+    probe.close()
+    task = env_id.rpartition("-")[0]
+    task = "MultiGoal" if task.startswith("MultiGoal") else task
+    q_grad_coef = args.q_grad_coef
+    if q_grad_coef is None:
+        q_grad_coef = Q_GRAD_COEF.get(task, DEFAULT_Q_GRAD_COEF)
+        print(f"q_grad_coef (eta) = {q_grad_coef} for {task} (paper Table 5; set it with --q-grad-coef)")
+    if args.capture_video:
+        try:
+            import moviepy  # noqa: F401
+        except ImportError:
+            fail("--capture-video needs moviepy: pip install moviepy")
+    if args.track:
+        try:
+            import wandb
+        except ImportError:
+            fail("--track needs wandb: pip install wandb")
+    run_name = checkpoint["run_name"] if checkpoint else f"{env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    # TRY NOT TO MODIFY: device, seeding
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    if args.cuda and device.type == "cpu":
+        print("--cuda: no CUDA device is available, running on the CPU")
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.torch_threads)
+
+    # TRY NOT TO MODIFY: env setup (SAME_STEP autoreset keeps the true last observation in infos["final_obs"])
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(env_id, args.seed + i, i, args.capture_video, run_name) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    eval_envs = gym.vector.SyncVectorEnv(
+        [make_env(env_id, args.seed + 10_000 + i, i, False, run_name) for i in range(args.eval_episodes)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    envs.action_space.seed(args.seed)
+    obs_dim, act_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
+
+    # ALGO LOGIC: networks, optimizers, entropy temperature, L_g time weights
+    actor = DiffusionActor(obs_dim, act_dim, args.hidden_dim, args.num_layers, args.diffusion_steps).to(device)
+    critic = TwinCritic(obs_dim, act_dim, args.hidden_dim, args.num_layers).to(device)
+    critic_target = TwinCritic(obs_dim, act_dim, args.hidden_dim, args.num_layers).to(device)
+    critic_target.load_state_dict(critic.state_dict())
+    critic_target.requires_grad_(False)
+    q_optimizer = torch.optim.Adam(critic.parameters(), lr=args.q_lr)  # on stacked twins = one Adam per critic
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr)
+    log_alpha = torch.tensor(math.log(args.init_alpha), device=device, requires_grad=True)
+    alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
+    target_entropy = -args.target_entropy_scale * act_dim
+    c, d = time_weight_coefficients(args.diffusion_steps)
+    steps = torch.arange(args.diffusion_steps, device=device, dtype=torch.float32)
+    q_grad_weights = torch.exp(c * steps + d) if args.time_weight else torch.ones_like(steps)  # w_j (paper Eq. 11)
+    omega = torch.zeros(2, device=device)  # running mean of each critic's sigma (DSAC-T)
+    entropy = torch.zeros((), device=device)  # cached GMM entropy estimate
+    iteration, start_step = 0, 0
+    if checkpoint:
+        try:
+            actor.load_state_dict(checkpoint["actor"])
+            critic.load_state_dict(checkpoint["critic"])
+            critic_target.load_state_dict(checkpoint["critic_target"])
+        except RuntimeError:
+            fail("--resume: the checkpoint's networks do not match these arguments (env, sizes, diffusion steps)")
+        q_optimizer.load_state_dict(checkpoint["q_optimizer"])
+        actor_optimizer.load_state_dict(checkpoint["actor_optimizer"])
+        alpha_optimizer.load_state_dict(checkpoint["alpha_optimizer"])
+        with torch.no_grad():
+            log_alpha.copy_(checkpoint["log_alpha"])
+        omega, entropy = checkpoint["omega"].to(device), checkpoint["entropy"].to(device)
+        iteration, start_step = checkpoint["iteration"], checkpoint["global_step"]
+        print(f"resuming {run_name} at step {start_step} (iteration {iteration}); the replay buffer is refilled first")
+    alpha = log_alpha.detach().exp()
+
+    if args.track:
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_name, save_code=True)  # fmt: skip
+    writer = SummaryWriter(f"runs/{run_name}")
+    hparams = {**vars(args), "env_id": env_id, "env_id_requested": args.env_id, "q_grad_coef": q_grad_coef}
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in hparams.items()))
+
+    rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
+    timer = UpdateTimer(device)
+    start_time, last_eval, logged = time.time(), float("nan"), {}
+
+    # TRY NOT TO MODIFY: start the game
+    obs, _ = envs.reset(seed=args.seed)
+    steps_done = start_step
+    for global_step in range(start_step, args.total_timesteps, args.num_envs):
+        # ALGO LOGIC: put action logic here (uniform random actions during warm-up)
+        if global_step < args.learning_starts:
+            actions = envs.action_space.sample()
+        else:
+            with torch.no_grad():
+                obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+                actions = explore(actor, obs_t, alpha, args.noise_scale).cpu().numpy()
+
+        # TRY NOT TO MODIFY: execute the game and log data.
+        next_obs, rewards, terminations, truncations, infos = envs.step(actions)
+        steps_done = global_step + args.num_envs
+        if "final_info" in infos:
+            for i in np.flatnonzero(infos["final_info"]["_episode"]):
+                ep_return, ep_length = infos["final_info"]["episode"]["r"][i], infos["final_info"]["episode"]["l"][i]
+                print(f"global_step={global_step}, episodic_return={ep_return:.2f}")
+                writer.add_scalar("charts/episodic_return", ep_return, global_step)
+                writer.add_scalar("charts/episodic_length", ep_length, global_step)
+
+        # TRY NOT TO MODIFY: store the true last observation of finished episodes; bootstrap on terminations only
+        real_next_obs = next_obs.copy()
+        for i in np.flatnonzero(infos.get("_final_obs", [])):
+            real_next_obs[i] = infos["final_obs"][i]
+        rb.add(obs, real_next_obs, actions, rewards, terminations)
+        obs = next_obs
+
+        # ALGO LOGIC: training, one update per vector step (ALGORITHM.md §6.2)
+        if rb.size < args.learning_starts:
+            continue
+        timer.start()
+        b_obs, b_actions, b_rewards, b_next_obs, b_terminations = rb.sample(args.batch_size)
+        with torch.no_grad():
+            next_actions = explore(actor, b_next_obs, alpha, args.noise_scale)  # a' from the current policy
+            y, y_sample = critic_targets(critic_target, args.reward_scale * b_rewards, b_next_obs, next_actions,
+                                         b_terminations, args.gamma)  # fmt: skip
+        mu, sigma = critic(b_obs, b_actions)
+        with torch.no_grad():  # omega starts at the first batch mean of sigma, then a moving average
+            omega = sigma.mean(1) if iteration == 0 and not checkpoint else omega.lerp(sigma.mean(1), args.tau)
+        qf_losses = dsac_critic_loss(mu, sigma, y, y_sample, omega)
+        q_optimizer.zero_grad(set_to_none=True)
+        qf_losses.sum().backward()
+        q_optimizer.step()
+
+        if iteration % args.alpha_update_frequency == 0:  # entropy regulator: L_alpha = log alpha (H - H_target)
+            entropy = estimate_entropy(actor, b_obs, alpha, args.noise_scale, args.gmm_samples, args.gmm_components)
+            alpha_loss = log_alpha * (entropy - target_entropy)
+            alpha_optimizer.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            alpha_optimizer.step()
+            alpha = log_alpha.detach().exp()
+            logged["losses/alpha_loss"] = alpha_loss.detach()
+
+        if iteration % args.policy_frequency == 0:
+            critic.requires_grad_(False)  # the actor step optimises theta only
+            a0, chain = actor.sample(b_obs, keep_chain=True)
+            pi = (a0 + args.noise_scale * alpha * torch.randn_like(a0)).clamp(-1.0, 1.0)
+            actor_loss = -critic(b_obs, pi)[0].min(0).values.mean()  # L_q (paper Eq. 15)
+            if q_grad_coef > 0:
+                q_min = lambda s, a: critic(s, a)[0].min(0).values  # noqa: E731
+                g_loss = q_grad_loss(actor, q_min, b_obs, chain, q_grad_weights, args.q_grad_norm)
+                actor_loss = actor_loss + q_grad_coef * g_loss  # L_pi = L_q + eta L_g (paper Eq. 15)
+                logged["losses/q_grad_loss"] = g_loss.detach()
+            actor_optimizer.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            actor_optimizer.step()
+            critic.requires_grad_(True)
+            logged["losses/actor_loss"] = actor_loss.detach()
+            with torch.no_grad():  # target critics follow only on policy iterations (DACER)
+                for p, p_target in zip(critic.parameters(), critic_target.parameters()):
+                    p_target.lerp_(p, args.tau)
+        timer.stop()
+        iteration += 1
+
+        if iteration % args.log_frequency == 0:
+            logged |= {"losses/qf1_loss": qf_losses[0], "losses/qf2_loss": qf_losses[1],
+                       "losses/qf_loss": qf_losses.mean(), "losses/qf1_values": mu[0].mean(),
+                       "losses/qf2_values": mu[1].mean(), "losses/alpha": alpha, "charts/entropy": entropy}  # fmt: skip
+            values = torch.stack([v.detach().float().reshape(()) for v in logged.values()]).tolist()  # one host sync
+            for tag, value in zip(logged, values):
+                writer.add_scalar(tag, value, global_step)
+            writer.add_scalar("charts/update_ms", timer.mean_ms(), global_step)
+            sps = int((steps_done - start_step) / (time.time() - start_time))
+            writer.add_scalar("charts/SPS", sps, global_step)
+            eta = time.strftime("%H:%M:%S", time.gmtime((args.total_timesteps - steps_done) / max(sps, 1)))
+            print(f"step {steps_done}/{args.total_timesteps} ({100 * steps_done / args.total_timesteps:.1f}%) "
+                  f"SPS={sps} ETA={eta} last_eval={last_eval:.2f}")  # fmt: skip
+        if iteration % args.eval_frequency == 0 or steps_done >= args.total_timesteps:  # periodic and final
+            last_eval = evaluate(actor, eval_envs, device, seed=args.seed + 10_000 + iteration)
+            writer.add_scalar("eval/episodic_return", last_eval, global_step)
+            print(f"global_step={global_step}, iteration={iteration}, eval/episodic_return={last_eval:.2f}")
+
+    if args.save_model:
+        path = f"runs/{run_name}/{args.exp_name}.pt"
+        save_checkpoint(path, {
+            "actor": actor.state_dict(), "critic": critic.state_dict(), "critic_target": critic_target.state_dict(),
+            "actor_optimizer": actor_optimizer.state_dict(), "q_optimizer": q_optimizer.state_dict(),
+            "alpha_optimizer": alpha_optimizer.state_dict(), "log_alpha": log_alpha.detach().cpu(),
+            "omega": omega.cpu(), "entropy": entropy.cpu(), "iteration": iteration,
+            "global_step": steps_done, "run_name": run_name, "args": asdict(args),
+        })  # fmt: skip
+        print(f"checkpoint saved to {path}; continue with: python {sys.argv[0]} --resume {path} --total-timesteps N")
+    envs.close()
+    eval_envs.close()
+    writer.close()

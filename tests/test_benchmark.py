@@ -1,0 +1,250 @@
+"""Tests of benchmark/: report.py on synthetic TensorBoard runs, and the launch scripts' --dry-run and --help."""
+
+import importlib.util
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARK = REPO / "benchmark"
+SCRIPT = str(REPO / "dacerv2_continuous.py")
+spec = importlib.util.spec_from_file_location("report", BENCHMARK / "report.py")
+report = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(report)
+
+TOTAL, NUM_ENVS = 2000, 10  # 200 planned iterations; the final 10 % is steps >= 1800
+EVAL_STEPS = list(range(0, TOTAL + 1, 100))
+
+
+def write_events(run_dir, points, hparams=None, walltime=0.0):
+    """Write one event file in run_dir: the hyperparameters text (if given) and eval returns at (step, value)."""
+    writer = SummaryWriter(str(run_dir))
+    if hparams is not None:
+        writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in hparams.items())
+        )
+    for i, (step, value) in enumerate(points):
+        writer.add_scalar("eval/episodic_return", value, step, walltime=walltime + i)
+    writer.close()
+
+
+def hparams_of(env, exp, seed, total=TOTAL, **extra):
+    """A hyperparameters dict like the training script writes."""
+    return {"exp_name": exp, "seed": seed, "env_id": env, "total_timesteps": total, "num_envs": NUM_ENVS, **extra}
+
+
+def fake_run(steps, returns, env="A-v4", config="c", seed=1, total=TOTAL, name="x"):
+    """A Run built in memory (num_envs = NUM_ENVS)."""
+    return report.Run(Path(name), env, config, seed, np.array(steps), np.array(returns, dtype=float), NUM_ENVS, total)
+
+
+def curve(window_values, before=999.0):
+    """Eval points at EVAL_STEPS: `before` at step 1700 (just outside the window), then window_values at 1800-2000."""
+    values = [10.0] * 17 + [before] + list(window_values)
+    return list(zip(EVAL_STEPS, values))
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    """Synthetic runs: Hopper-v4 dacerv2 seeds 1-3 (TAR 70, 90, 110), dacer seed 1 merged from two files and a
+    partial seed 2, and Walker2d-v4 dacerv2 seed 1 without hyperparameters text."""
+    root = tmp_path_factory.mktemp("runs")
+    for seed, window in [(1, [50, 70, 60]), (2, [90, 80, 85]), (3, [100, 105, 110])]:
+        write_events(root / f"Hopper-v4__dacerv2__{seed}__100", curve(window), hparams_of("Hopper-v4", "dacerv2", seed))
+    merged = root / "Hopper-v4__dacer__1__100"
+    first, second = curve([40, 45, 30])[:11], curve([40, 45, 30])[10:]  # both files have step 1000
+    first[-1] = (1000, 5000.0)  # overridden by the later file, so it must not count anywhere
+    write_events(merged, first, hparams_of("Hopper-v4", "dacer", 1, diffusion_steps=20), walltime=0)
+    write_events(merged, second, hparams_of("Hopper-v4", "dacer", 1, diffusion_steps=20), walltime=100)
+    partial = [(step, 10.0) for step in range(0, 800, 100)] + [(800, 500.0), (900, 30.0), (1000, 20.0)]
+    write_events(root / "Hopper-v4__dacer__2__100", partial, hparams_of("Hopper-v4", "dacer", 2, diffusion_steps=20))
+    write_events(root / "Walker2d-v4__dacerv2__1__100", [(0, 1.0), (1000, 7.0), (2000, 3.0)])
+    return root
+
+
+@pytest.fixture(scope="module")
+def rows(runs_dir):
+    """The report's rows of the synthetic runs."""
+    runs, notes = report.load_runs(runs_dir)
+    assert notes == []
+    return {(row.env_id, row.config): row for row in report.summarise(report.drop_duplicate_seeds(runs, notes))}
+
+
+def test_tar_per_seed_mean_and_population_std(rows):
+    row = rows["Hopper-v4", "dacerv2"]
+    assert [run.seed for run in row.runs] == [1, 2, 3]
+    assert row.tars == [70, 90, 110]  # the 999 at step 1700 is just outside the final 10 %
+    assert row.mean == pytest.approx(90)
+    assert row.std == pytest.approx(np.sqrt(800 / 3))
+    assert not any(run.partial for run in row.runs)
+
+
+def test_final_window_boundary():
+    run = fake_run([1700, 1799, 1800, 2000], [500, 400, 300, 1])
+    assert report.tar(run) == (300.0, 1800.0)  # iteration 180 = 0.9 x 200 is inside, 179.9 is not
+
+
+def test_two_event_files_are_merged(rows):
+    run = rows["Hopper-v4", "dacer"].runs[0]
+    assert list(run.steps) == EVAL_STEPS  # step 1000 appears once
+    assert run.returns[10] == 10.0  # the later file's value won
+    assert rows["Hopper-v4", "dacer"].tars[0] == 45
+
+
+def test_partial_run(rows):
+    run = rows["Hopper-v4", "dacer"].runs[1]
+    assert run.partial
+    assert report.tar(run) == (30.0, 900.0)  # final 10 % of the 100 iterations reached: 500 at step 800 excluded
+    notes = report.run_notes(list(rows.values()))
+    assert any("Hopper-v4 / dacer / seed 2: partial" in note for note in notes)
+    assert any("Hopper-v4 / dacer: 2 seed(s)" in note for note in notes)
+    assert any("Walker2d-v4 / dacerv2: missing seeds [2, 3]" in note for note in notes)
+
+
+def test_duplicate_seed_folders_keep_the_longest_run():
+    short = fake_run([0, 1000], [1, 2], name="A-v4__c__1__200")
+    long = fake_run([0, 2000], [1, 3], name="A-v4__c__1__100")
+    notes = []
+    assert report.drop_duplicate_seeds([long, short], notes) == [long]
+    assert notes == ["A-v4 / c / seed 1: several run folders, using A-v4__c__1__100, ignoring A-v4__c__1__200"]
+
+
+def test_missing_hyperparameters_fall_back(rows):
+    run = rows["Walker2d-v4", "dacerv2"].runs[0]
+    assert (run.num_envs, run.total_timesteps, run.partial) == (20, 2000, False)
+    assert rows["Walker2d-v4", "dacerv2"].tars == [3.0]  # the window is steps >= 1800 of the largest step seen
+    assert any(
+        "missing from its hyperparameters text: num_envs = 20 assumed; total_timesteps" in note
+        for note in report.run_notes(list(rows.values()))
+    )
+
+
+def test_config_differences(rows):
+    differences = report.config_differences(list(rows.values()))
+    assert differences["Hopper-v4", "dacer"] == "diffusion_steps=20"
+    assert differences["Hopper-v4", "dacerv2"] == ""
+
+
+def test_normalised_scores():
+    def row(env, config, value):
+        return report.Row(env, config, [fake_run([TOTAL], [value], env, config)], [value])
+
+    rows = [row("A-v4", "c1", 90), row("A-v4", "c2", 45), row("B-v4", "c1", 30), row("B-v4", "c2", 40)]
+    assert report.normalised_scores(rows) == {"c1": (87.5, 12.5, 2), "c2": (75.0, 25.0, 2)}
+    paper = report.normalised_scores([row("Hopper-v4", "c1", 2101), row("A-v4", "c1", 1)], report.PAPER_BEST_TAR)
+    assert paper == {"c1": (50.0, 0.0, 1)}
+
+
+def test_learning_curve_aligns_seeds():
+    runs = [fake_run([0, 100, 200], [0, 10, 20], seed=1), fake_run([0, 50, 150], [2, 4, 8], seed=2)]
+    grid, mean, low, high, count = report.learning_curve(runs)
+    assert list(grid) == [0, 5, 10, 15, 20]
+    assert list(count) == [2, 2, 2, 2, 1]
+    assert mean[1] == pytest.approx((5 + 4) / 2) and mean[4] == 20
+    half = 12.706 * np.std([5, 4], ddof=1) / np.sqrt(2)  # t_{0.975, 1} = 12.706
+    assert high[1] - mean[1] == pytest.approx(half, rel=1e-3) and np.isnan(low[4])
+
+
+def report_cli(*args):
+    """Run benchmark/report.py in a subprocess; returns the CompletedProcess."""
+    command = [sys.executable, str(BENCHMARK / "report.py"), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def test_report_cli_writes_markdown_and_pngs(runs_dir, tmp_path):
+    out = tmp_path / "out"
+    result = report_cli(runs_dir, "--out", out)
+    assert result.returncode == 0, result.stderr
+    markdown = (out / "results.md").read_text()
+    assert result.stdout == markdown
+    assert (
+        "| Hopper-v4 | dacerv2 | - | 3 | 90.0 ± 16.3 | 1: 70.0, 2: 90.0, 3: 110.0 | 4202 ± 191 | 4062 ± 181 |"
+        in markdown
+    )
+    assert "2: 30.0 (partial)" in markdown and "population" in markdown and "does not reproduce" in markdown
+    assert sorted(p.name for p in out.glob("*.png")) == ["Hopper-v4.png", "Walker2d-v4.png"]
+    assert (out / "Hopper-v4.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("make_dir", [False, True])
+def test_report_cli_errors(tmp_path, make_dir):
+    runs = tmp_path / "runs"
+    if make_dir:
+        runs.mkdir()
+    result = report_cli(runs)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert ("no TensorBoard event files" if make_dir else "does not exist") in result.stderr
+
+
+def bash(script, *args, cwd, python="python"):
+    """Run a benchmark script with bash from cwd; returns the CompletedProcess."""
+    env = {**os.environ, "PYTHON": python}
+    return subprocess.run(
+        ["bash", str(BENCHMARK / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_mujoco_dry_run(tmp_path):
+    args = ["--dry-run", "--envs", "Hopper-v4 Walker2d-v4", "--seeds", "1 2", "--algos", "dacerv2 dacer"]
+    result = bash("mujoco.sh", *args, "--", "--total-timesteps", "1000", "--no-cuda", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 8
+    first = "--env-id Hopper-v4 --seed 1 --exp-name dacerv2 --total-timesteps 1000 --no-cuda"
+    assert shlex.split(lines[0]) == ["python", SCRIPT, *first.split(), ">", "logs/Hopper-v4__dacerv2__1.log", "2>&1"]
+    last = "--env-id Walker2d-v4 --seed 2 --exp-name dacer --diffusion-steps 20 --q-grad-coef 0"
+    redirect = [">", "logs/Walker2d-v4__dacer__2.log", "2>&1"]
+    assert shlex.split(lines[-1])[1:] == [SCRIPT, *last.split(), "--total-timesteps", "1000", "--no-cuda", *redirect]
+    assert not (tmp_path / "logs").exists()
+    default = bash("mujoco.sh", "--dry-run", cwd=tmp_path).stdout.splitlines()
+    assert len(default) == 40 and all("--exp-name dacerv2 " in line for line in default)
+
+
+def test_ablation_dry_run(tmp_path):
+    result = bash("ablation.sh", "--dry-run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(set(lines)) == 55  # 11 configurations x 5 seeds, shared reference runs once
+    exp_names = {shlex.split(line)[7] for line in lines}
+    assert len(exp_names) == 11
+    tails = {" ".join(shlex.split(line)[2:-3]) for line in lines}
+    assert "--env-id Walker2d-v4 --seed 3 --exp-name ablation_no_qgrad --q-grad-coef 0" in tails
+    assert "--env-id Walker2d-v4 --seed 1 --exp-name ablation_no_time_weight --no-time-weight" in tails
+    assert "--env-id Walker2d-v4 --seed 5 --exp-name ablation_T2 --diffusion-steps 2" in tails
+    assert "--env-id Humanoid-v4 --seed 2 --exp-name ablation_eta_0.008 --q-grad-coef 0.008" in tails
+    no_norm = "--env-id Humanoid-v4 --seed 4 --exp-name ablation_no_q_grad_norm --q-grad-coef 0.01 --no-q-grad-norm"
+    assert no_norm in tails
+    args = ["--dry-run", "--groups", "steps", "--env", "Hopper-v4", "--seeds", "7", "--", "--cuda"]
+    subset = bash("ablation.sh", *args, cwd=tmp_path).stdout.splitlines()
+    assert [" ".join(shlex.split(line)[2:-3]) for line in subset] == [
+        "--env-id Hopper-v4 --seed 7 --exp-name ablation_T2 --diffusion-steps 2 --cuda",
+        "--env-id Hopper-v4 --seed 7 --exp-name ablation_full --cuda",
+        "--env-id Hopper-v4 --seed 7 --exp-name ablation_T10 --diffusion-steps 10 --cuda",
+    ]
+
+
+@pytest.mark.parametrize("script", ["mujoco.sh", "ablation.sh"])
+def test_help_and_bad_options(tmp_path, script):
+    help_result = bash(script, "--help", cwd=tmp_path)
+    assert help_result.returncode == 0 and "--dry-run" in help_result.stdout and "--workers" in help_result.stdout
+    for bad in (["--bogus", "1"], ["--workers", "0"], ["--seeds", "a b"], ["stray"]):
+        result = bash(script, "--dry-run", *bad, cwd=tmp_path)
+        assert result.returncode == 2 and "error" in result.stderr, bad
+
+
+def test_launch_runs_jobs_in_parallel_with_logs(tmp_path):
+    result = bash(
+        "mujoco.sh", "--envs", "Hopper-v4", "--seeds", "1 2", "--workers", "2", "--", "--x", cwd=tmp_path, python="echo"
+    )
+    assert result.returncode == 0, result.stderr
+    log = (tmp_path / "logs" / "Hopper-v4__dacerv2__2.log").read_text()
+    assert log.split() == [SCRIPT, "--env-id", "Hopper-v4", "--seed", "2", "--exp-name", "dacerv2", "--x"]
+    failed = bash("mujoco.sh", "--envs", "Hopper-v4", "--seeds", "1", cwd=tmp_path, python="false")
+    assert failed.returncode == 1 and "FAILED" in failed.stderr

@@ -1,0 +1,112 @@
+"""End-to-end runs of dacerv2_continuous.py in a subprocess: the user's command, logging, checkpoints, bad input."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+SCRIPT = str(Path(__file__).resolve().parents[1] / "dacerv2_continuous.py")
+TINY = ["--total-timesteps", "600", "--learning-starts", "200", "--batch-size", "32", "--hidden-dim", "32",
+        "--eval-frequency", "5", "--eval-episodes", "2", "--log-frequency", "5", "--gmm-samples", "20"]  # fmt: skip
+TAGS = ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "eval/episodic_return", "losses/qf1_loss",
+        "losses/qf2_loss", "losses/qf1_values", "losses/actor_loss", "losses/q_grad_loss", "losses/alpha",
+        "losses/alpha_loss", "charts/entropy", "charts/update_ms"]  # fmt: skip
+
+
+def run(args, cwd):
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def read_events(run_dir):
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+@pytest.fixture(scope="module")
+def hopper_run(tmp_path_factory):
+    """The README's command (`--env-id Hopper-v3`, CUDA asked for) on a tiny budget, saving a checkpoint."""
+    cwd = tmp_path_factory.mktemp("hopper")
+    result = run(["--env-id", "Hopper-v3", "--cuda", "--save-model", *TINY], cwd)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (cwd / "runs").iterdir()
+    return cwd, run_dir, result
+
+
+def test_hopper_v3_runs_as_v4_and_says_so(hopper_run):
+    _, run_dir, result = hopper_run
+    assert run_dir.name.startswith("Hopper-v4__dacerv2_continuous__1__")
+    assert "Hopper-v3 needs mujoco-py" in result.stdout and "using Hopper-v4" in result.stdout
+    if not torch.cuda.is_available():
+        assert result.stdout.count("no CUDA device is available") == 1
+    assert "Traceback" not in result.stderr
+    text = read_events(run_dir).Tensors("hyperparameters/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "|env_id|Hopper-v4|" in text and "|env_id_requested|Hopper-v3|" in text
+
+
+def test_event_file_holds_every_tag(hopper_run):
+    _, run_dir, result = hopper_run
+    scalars = read_events(run_dir).Tags()["scalars"]
+    assert sorted(set(TAGS) - set(scalars)) == []
+    assert "SPS=" in result.stdout and "ETA=" in result.stdout and "last_eval=" in result.stdout
+
+
+def test_save_model_then_resume_continues_the_run(hopper_run):
+    cwd, run_dir, _ = hopper_run
+    checkpoint = run_dir / "dacerv2_continuous.pt"
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["global_step"] == 600 and saved["iteration"] == 21 and saved["args"]["env_id"] == "Hopper-v3"
+    assert not list(run_dir.glob("*.tmp"))
+    result = run(["--resume", str(checkpoint), "--total-timesteps", "1000", "--no-cuda"], cwd)
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in result.stdout and "refilled" in result.stdout
+    assert [p.name for p in (cwd / "runs").iterdir()] == [run_dir.name]  # same run folder, no new one
+    resumed = torch.load(checkpoint, weights_only=True)
+    assert resumed["global_step"] == 1000 and resumed["iteration"] == 32  # 9 refill vector steps, then 11 iterations
+    assert resumed["args"]["hidden_dim"] == 32  # the checkpoint's arguments carried over
+    eval_steps = [e.step for e in read_events(run_dir).Scalars("eval/episodic_return")]
+    assert max(eval_steps) > 600
+
+
+def test_dacer_baseline_flags_skip_the_q_gradient_loss(tmp_path):
+    result = run(["--env-id", "Hopper-v4", "--diffusion-steps", "20", "--q-grad-coef", "0", "--no-cuda", *TINY], tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    scalars = read_events(run_dir).Tags()["scalars"]
+    assert "losses/actor_loss" in scalars and "losses/q_grad_loss" not in scalars
+
+
+def test_help_lists_flags_and_units():
+    result = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    for flag in ["--env-id", "--cuda", "--no-cuda", "--diffusion-steps", "--q-grad-coef", "--no-time-weight",
+                 "--no-q-grad-norm", "--resume", "--noise-scale", "--num-layers", "--torch-deterministic"]:  # fmt: skip
+        assert flag in result.stdout
+    assert "in iterations" in result.stdout and "environment steps" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--env-id", "Hoper-v4"], "did you mean Hopper-v4"),
+        (["--env-id", "CartPole-v1"], "Discrete action space"),
+        (["--num-envs", "0"], "--num-envs must be positive"),
+        (["--batch-size", "0"], "--batch-size must be positive"),
+        (["--diffusion-steps", "0"], "--diffusion-steps must be positive"),
+        (["--resume", "missing.pt"], "no such file"),
+        (["--resume", "garbage.pt"], "cannot read checkpoint"),
+        (["--resume", "not_a_checkpoint.pt"], "is not a checkpoint of this script"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    (tmp_path / "garbage.pt").write_bytes(b"\x00not a torch file")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "not_a_checkpoint.pt")
+    result = run(args, tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "runs").exists()
