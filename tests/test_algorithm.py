@@ -132,9 +132,13 @@ def test_q_grad_loss_target_is_minus_weighted_normalised_gradient(actor):
     grad = -2 * (chain - optimum)
     target = -weights[:, None, None] * grad / (grad.norm(dim=-1, keepdim=True) + 1e-6)
 
-    class Fixed(torch.nn.Module):
-        def forward(self, obs_rep, x, steps):
-            return target.reshape(-1, 3)
+    class Fixed(torch.nn.Module):  # a "network" whose noise prediction is the target itself
+        def input_parts(self, obs):
+            return None, torch.zeros(5, 1)
+
+        def predict_noise(self, obs_part, x, time_part):
+            assert x.shape == (5, 8, 3) and not x.requires_grad
+            return target
 
     assert dacer.q_grad_loss(Fixed(), quadratic_q(optimum), obs, chain, weights).item() < 1e-10
     assert dacer.q_grad_loss(Fixed(), quadratic_q(optimum), obs, chain, weights, normalise=False).item() > 1e-2
