@@ -1,9 +1,14 @@
 # DACERv2 (Wang et al. 2025): diffusion policy, 5 steps, Q-gradient field guidance. Docs and results: README.md
+import contextlib
+import copy
 import ctypes
 import difflib
+import io
 import math
 import os
+import pickle
 import random
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -41,6 +46,10 @@ class Args:
     """whether to capture videos of the agent (in the `videos` folder; needs `pip install moviepy`)"""
     save_model: bool = False
     """whether to save a checkpoint to `runs/{run_name}/{exp_name}.pt` at the end of training"""
+    checkpoint_frequency: int = 0
+    """the interval of periodic checkpoints (same file), in iterations; 0: only --save-model's and on SIGINT/SIGTERM"""
+    checkpoint_buffer: bool = False
+    """whether checkpoints include the replay buffer (needed for an exact resume; large)"""
     resume: Optional[str] = None
     """the path of a checkpoint to continue training from (its arguments are the defaults; flags given override)"""
     log_frequency: int = 1_000
@@ -151,26 +160,32 @@ class ReplayBuffer:
 
     def __init__(self, capacity, obs_dim, act_dim, device):
         self.capacity, self.size, self.pos, self.device = capacity, 0, 0, device
-        self.obs = torch.zeros(capacity, obs_dim, device=device)
-        self.next_obs = torch.zeros(capacity, obs_dim, device=device)
-        self.actions = torch.zeros(capacity, act_dim, device=device)
-        self.rewards = torch.zeros(capacity, device=device)
-        self.terminations = torch.zeros(capacity, device=device)
+        self.obs = torch.empty(capacity, obs_dim, device=device)  # empty: memory is touched only when filled
+        self.next_obs = torch.empty(capacity, obs_dim, device=device)
+        self.actions = torch.empty(capacity, act_dim, device=device)
+        self.rewards = torch.empty(capacity, device=device)
+        self.terminations = torch.empty(capacity, device=device)
+        self.fields = ("obs", "next_obs", "actions", "rewards", "terminations")
 
     def add(self, obs, next_obs, actions, rewards, terminations):
         n = len(obs)
         idx = torch.arange(self.pos, self.pos + n) % self.capacity
-        for storage, value in zip(
-            (self.obs, self.next_obs, self.actions, self.rewards, self.terminations),
-            (obs, next_obs, actions, rewards, terminations),
-        ):
-            storage[idx] = torch.as_tensor(value, dtype=torch.float32).to(self.device, non_blocking=True)
+        for name, value in zip(self.fields, (obs, next_obs, actions, rewards, terminations)):
+            getattr(self, name)[idx] = torch.as_tensor(value, dtype=torch.float32).to(self.device, non_blocking=True)
         self.pos = (self.pos + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
     def sample(self, batch_size):
         idx = torch.randint(0, self.size, (batch_size,), device=self.device)
         return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminations[idx]
+
+    def state_dict(self):
+        return {"pos": self.pos, "size": self.size, **{k: getattr(self, k)[: self.size].cpu() for k in self.fields}}
+
+    def load_state_dict(self, state):
+        self.pos, self.size = state["pos"], state["size"]
+        for k in self.fields:
+            getattr(self, k)[: self.size] = state[k].to(self.device)
 
 
 # ALGO LOGIC: VP noise schedule (paper App. D; ALGORITHM.md §1.1), network time index j = 0..T-1
@@ -419,11 +434,16 @@ def estimate_entropy(actor, obs, alpha, noise_scale, num_samples, num_components
 # TRY NOT TO MODIFY: evaluation and checkpoints
 @torch.no_grad()
 def evaluate(actor, eval_envs, device, seed):
-    """Mean undiscounted return of one episode per eval env, with the evaluation action (chain, no lambda*alpha noise)."""
+    """Mean undiscounted return of one episode per eval env, with the evaluation action (chain, no lambda*alpha noise).
+
+    Seeded by `seed` alone, with its own generator: evaluating never shifts the training's random stream.
+    """
     obs, _ = eval_envs.reset(seed=seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     returns = np.full(eval_envs.num_envs, np.nan)
     while np.isnan(returns).any():
-        actions = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device))
+        noise = torch.randn(actor.T, eval_envs.num_envs, actor.act_dim, generator=gen, device=device)
+        actions = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device), noise)
         obs, _, _, _, infos = eval_envs.step(actions.cpu().numpy())
         if "final_info" in infos:
             finished = infos["final_info"]["_episode"] & np.isnan(returns)
@@ -431,8 +451,46 @@ def evaluate(actor, eval_envs, device, seed):
     return float(returns.mean())
 
 
+PLAIN_DATA = (int, float, bool, np.ndarray, np.generic, list, tuple, type(None))
+
+
+def env_state(env):
+    """What makes a sub-env continue exactly: plain-data attributes of every wrapper (step counters, episode
+    statistics) and of the env, its RNGs, and for MuJoCo envs the full integration state (mj_getState)."""
+    layers, layer = [], env
+    while True:
+        layers.append({k: copy.deepcopy(v) for k, v in vars(layer).items() if isinstance(v, PLAIN_DATA)})
+        if not isinstance(layer, gym.Wrapper):
+            break
+        layer = layer.env
+    u = env.unwrapped
+    state = {"layers": layers, "rng": u.np_random.bit_generator.state,
+             "action_rng": env.action_space.np_random.bit_generator.state}  # fmt: skip
+    if type(getattr(u, "data", None)).__name__ == "MjData":
+        import mujoco
+
+        state["mujoco"] = np.empty(mujoco.mj_stateSize(u.model, mujoco.mjtState.mjSTATE_INTEGRATION))
+        mujoco.mj_getState(u.model, u.data, state["mujoco"], mujoco.mjtState.mjSTATE_INTEGRATION)
+    return state
+
+
+def set_env_state(env, state):
+    layer = env
+    for attributes in state["layers"]:
+        vars(layer).update(copy.deepcopy(attributes))
+        layer = getattr(layer, "env", layer)
+    u = env.unwrapped
+    u.np_random.bit_generator.state = state["rng"]
+    env.action_space.np_random.bit_generator.state = state["action_rng"]
+    if "mujoco" in state:
+        import mujoco
+
+        mujoco.mj_setState(u.model, u.data, state["mujoco"], mujoco.mjtState.mjSTATE_INTEGRATION)
+        mujoco.mj_forward(u.model, u.data)
+
+
 CHECKPOINT_KEYS = {"actor", "critic", "critic_target", "actor_optimizer", "q_optimizer", "alpha_optimizer", "log_alpha",
-                   "omega", "entropy", "iteration", "global_step", "run_name", "args"}  # fmt: skip
+                   "omega", "entropy", "iteration", "global_step", "run_name", "args", "random_state"}  # fmt: skip
 
 
 def save_checkpoint(path, state):
@@ -503,22 +561,49 @@ def parse_args():
             checkpoint = load_checkpoint(path)
             saved = {k: v for k, v in checkpoint["args"].items() if k in Args.__dataclass_fields__}
             defaults = Args(**{**saved, "resume": path})
-    args = tyro.cli(Args, default=defaults)
+    tyro_errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(tyro_errors):
+            args = tyro.cli(Args, default=defaults)
+    except SystemExit as e:
+        if e.code:  # tyro's boxed message -> its first line
+            lines = [line.strip("│ ") for line in tyro_errors.getvalue().splitlines() if line.startswith("│")]
+            fail(f"{lines[0] if lines else 'invalid arguments'} (see --help)")
+        raise
     for name in ("num_envs", "batch_size", "diffusion_steps", "total_timesteps", "buffer_size", "hidden_dim",
                  "num_layers", "eval_frequency", "eval_episodes", "policy_frequency", "alpha_update_frequency",
-                 "log_frequency", "gmm_components", "gmm_samples", "torch_threads"):  # fmt: skip
-        if getattr(args, name) <= 0:
-            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if not 0 <= args.learning_starts <= args.buffer_size:
-        fail(f"--learning-starts must be between 0 and --buffer-size ({args.buffer_size}), got {args.learning_starts}")
-    if args.q_grad_coef is not None and args.q_grad_coef < 0:
-        fail(f"--q-grad-coef must be non-negative, got {args.q_grad_coef}")
+                 "log_frequency", "gmm_components", "gmm_samples", "torch_threads", "policy_lr", "q_lr", "alpha_lr",
+                 "init_alpha", "reward_scale", "gamma", "tau"):  # fmt: skip
+        value = getattr(args, name)
+        if not value > 0 or not math.isfinite(value):
+            fail(f"--{name.replace('_', '-')} must be positive, got {value}")
+    for name in ("gamma", "tau"):
+        if getattr(args, name) > 1:
+            fail(f"--{name} must be at most 1, got {getattr(args, name)}")
+    for name in ("checkpoint_frequency", "learning_starts", "noise_scale", "target_entropy_scale", "q_grad_coef"):
+        value = getattr(args, name)
+        if value is not None and (not value >= 0 or not math.isfinite(value)):
+            fail(f"--{name.replace('_', '-')} must be non-negative, got {value}")
+    if args.learning_starts > args.buffer_size:
+        fail(f"--learning-starts ({args.learning_starts}) must not exceed --buffer-size ({args.buffer_size})")
+    if os.path.exists("runs") and not (os.path.isdir("runs") and os.access("runs", os.W_OK)):
+        fail(f"cannot write run folders: {os.path.abspath('runs')} is not a writable folder")
+    if not os.path.exists("runs") and not os.access(".", os.W_OK):
+        fail(f"cannot write run folders: {os.path.abspath('.')} is not writable")
     return args, checkpoint
 
 
 if __name__ == "__main__":
     args, checkpoint = parse_args()
     keep_freed_memory()
+    stop_signal = 0  # set by SIGINT / SIGTERM: finish the iteration, save a checkpoint, exit 128 + signal
+
+    def request_stop(signum, frame):
+        global stop_signal
+        stop_signal = signum
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
     env_id = resolve_env_id(args.env_id)
     try:
         probe = gym.make(env_id)
@@ -584,7 +669,9 @@ if __name__ == "__main__":
     q_grad_weights = torch.exp(c * steps + d) if args.time_weight else torch.ones_like(steps)  # w_j (paper Eq. 11)
     omega = torch.zeros(2, device=device)  # running mean of each critic's sigma (DSAC-T)
     entropy = torch.zeros((), device=device)  # cached GMM entropy estimate
+    rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim, device)
     iteration, start_step = 0, 0
+    obs, _ = envs.reset(seed=args.seed)
     if checkpoint:
         try:
             actor.load_state_dict(checkpoint["actor"])
@@ -592,14 +679,30 @@ if __name__ == "__main__":
             critic_target.load_state_dict(checkpoint["critic_target"])
         except RuntimeError:
             fail("--resume: the checkpoint's networks do not match these arguments (env, sizes, diffusion steps)")
-        q_optimizer.load_state_dict(checkpoint["q_optimizer"])
-        actor_optimizer.load_state_dict(checkpoint["actor_optimizer"])
-        alpha_optimizer.load_state_dict(checkpoint["alpha_optimizer"])
+        for optimizer, name, lr in ((q_optimizer, "q_optimizer", args.q_lr), (actor_optimizer, "actor_optimizer",
+                                     args.policy_lr), (alpha_optimizer, "alpha_optimizer", args.alpha_lr)):  # fmt: skip
+            optimizer.load_state_dict(checkpoint[name])
+            optimizer.param_groups[0]["lr"] = lr  # a learning rate given on the command line applies
         with torch.no_grad():
             log_alpha.copy_(checkpoint["log_alpha"])
         omega, entropy = checkpoint["omega"].to(device), checkpoint["entropy"].to(device)
         iteration, start_step = checkpoint["iteration"], checkpoint["global_step"]
-        print(f"resuming {run_name} at step {start_step} (iteration {iteration}); the replay buffer is refilled first")
+        saved = pickle.loads(checkpoint["random_state"])  # our own checkpoint: RNGs and env states
+        random.setstate(saved["python"])
+        np.random.set_state(saved["numpy"])
+        torch.set_rng_state(saved["torch"])
+        if device.type == "cuda" and saved["cuda"] is not None:
+            torch.cuda.set_rng_state(saved["cuda"])
+        if len(saved["envs"]) == args.num_envs:
+            for env, state in zip(envs.envs, saved["envs"]):
+                set_env_state(env, state)
+            envs.action_space.np_random.bit_generator.state, obs = saved["action_space"], saved["obs"]
+        else:
+            print(f"--num-envs changed from {len(saved['envs'])}: the envs start new episodes")
+        if "buffer" in checkpoint:
+            rb.load_state_dict(checkpoint["buffer"])
+        message = "with its replay buffer" if "buffer" in checkpoint else "the replay buffer is refilled first"
+        print(f"resuming {run_name} at step {start_step} (iteration {iteration}); {message}")
     alpha = log_alpha.detach().exp()
 
     if args.track:
@@ -609,14 +712,39 @@ if __name__ == "__main__":
     hparams = {**vars(args), "env_id": env_id, "env_id_requested": args.env_id, "q_grad_coef": q_grad_coef}
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in hparams.items()))
 
-    rb = ReplayBuffer(min(args.buffer_size, args.total_timesteps), obs_dim, act_dim, device)
     timer = UpdateTimer(device)
     start_time, last_eval, logged = time.time(), float("nan"), {}
+    steps_done = start_step
+    checkpoint_path = f"runs/{run_name}/{args.exp_name}.pt"
+
+    def diverged(what):
+        kept = f"the last good checkpoint is {checkpoint_path}" if os.path.exists(checkpoint_path) else "no checkpoint"
+        print(f"error: {what} at iteration {iteration} (step {steps_done}): training diverged; {kept}", file=sys.stderr)
+        writer.close()
+        sys.exit(3)
+
+    def write_checkpoint():
+        """Everything needed to continue exactly; diverged weights never replace the last good checkpoint."""
+        for name, p in [*actor.named_parameters(), *critic.named_parameters(), ("log_alpha", log_alpha)]:
+            if not torch.isfinite(p).all():
+                diverged(f"non-finite parameter {name}")
+        random_state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                        "envs": [env_state(env) for env in envs.envs],
+                        "action_space": envs.action_space.np_random.bit_generator.state, "obs": obs}  # fmt: skip
+        save_checkpoint(checkpoint_path, {
+            "actor": actor.state_dict(), "critic": critic.state_dict(), "critic_target": critic_target.state_dict(),
+            "actor_optimizer": actor_optimizer.state_dict(), "q_optimizer": q_optimizer.state_dict(),
+            "alpha_optimizer": alpha_optimizer.state_dict(), "log_alpha": log_alpha.detach().cpu(),
+            "omega": omega.cpu(), "entropy": entropy.cpu(), "iteration": iteration, "global_step": steps_done,
+            "run_name": run_name, "args": asdict(args), "random_state": pickle.dumps(random_state),
+            **({"buffer": rb.state_dict()} if args.checkpoint_buffer else {}),
+        })  # fmt: skip
 
     # TRY NOT TO MODIFY: start the game
-    obs, _ = envs.reset(seed=args.seed)
-    steps_done = start_step
     for global_step in range(start_step, args.total_timesteps, args.num_envs):
+        if stop_signal:
+            break
         # ALGO LOGIC: put action logic here (uniform random actions during warm-up)
         if global_step < args.learning_starts:
             actions = envs.action_space.sample()
@@ -695,6 +823,8 @@ if __name__ == "__main__":
                        "losses/qf2_values": mu[1].mean(), "losses/alpha": alpha, "charts/entropy": entropy}  # fmt: skip
             values = torch.stack([v.detach().float().reshape(()) for v in logged.values()]).tolist()  # one host sync
             for tag, value in zip(logged, values):
+                if not math.isfinite(value):
+                    diverged(f"non-finite {tag}")
                 writer.add_scalar(tag, value, global_step)
             writer.add_scalar("charts/update_ms", timer.mean_ms(), global_step)
             sps = int((steps_done - start_step) / (time.time() - start_time))
@@ -706,17 +836,16 @@ if __name__ == "__main__":
             last_eval = evaluate(actor, eval_envs, device, seed=args.seed + 10_000 + iteration)
             writer.add_scalar("eval/episodic_return", last_eval, global_step)
             print(f"global_step={global_step}, iteration={iteration}, eval/episodic_return={last_eval:.2f}")
+        if args.checkpoint_frequency and iteration % args.checkpoint_frequency == 0:
+            write_checkpoint()
 
-    if args.save_model:
-        path = f"runs/{run_name}/{args.exp_name}.pt"
-        save_checkpoint(path, {
-            "actor": actor.state_dict(), "critic": critic.state_dict(), "critic_target": critic_target.state_dict(),
-            "actor_optimizer": actor_optimizer.state_dict(), "q_optimizer": q_optimizer.state_dict(),
-            "alpha_optimizer": alpha_optimizer.state_dict(), "log_alpha": log_alpha.detach().cpu(),
-            "omega": omega.cpu(), "entropy": entropy.cpu(), "iteration": iteration,
-            "global_step": steps_done, "run_name": run_name, "args": asdict(args),
-        })  # fmt: skip
-        print(f"checkpoint saved to {path}; continue with: python {sys.argv[0]} --resume {path} --total-timesteps N")
+    if args.save_model or stop_signal:
+        write_checkpoint()
+        print(f"checkpoint saved to {checkpoint_path}; continue with: python {sys.argv[0]} --resume {checkpoint_path}"
+              + ("" if stop_signal else " --total-timesteps N"))  # fmt: skip
     envs.close()
     eval_envs.close()
     writer.close()
+    if stop_signal:
+        print(f"stopped by {signal.Signals(stop_signal).name} at step {steps_done}")
+        sys.exit(128 + stop_signal)

@@ -1,0 +1,156 @@
+"""Reliability: exact resume, interrupts that keep the run, the divergence guard, and bad input that fails cleanly."""
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+SCRIPT = str(Path(__file__).resolve().parents[1] / "dacerv2_continuous.py")
+PENDULUM = ["--env-id", "Pendulum-v1", "--num-envs", "2", "--learning-starts", "200", "--batch-size", "32",
+            "--hidden-dim", "32", "--eval-frequency", "100", "--eval-episodes", "2", "--log-frequency", "50",
+            "--gmm-samples", "20", "--alpha-update-frequency", "150", "--no-cuda"]  # fmt: skip
+
+
+def run(args, cwd):
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def only_checkpoint(cwd):
+    (path,) = Path(cwd).glob("runs/*/*.pt")
+    return path
+
+
+def scalars(cwd, tag):
+    (run_dir,) = (Path(cwd) / "runs").iterdir()
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_resume_with_buffer_is_bit_identical(tmp_path):
+    """1,600 steps in one go == 800 steps, stop, --resume to 1,600 (CPU, --torch-deterministic, buffer saved)."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    straight.mkdir(), split.mkdir()
+    common = [*PENDULUM, "--torch-deterministic", "--checkpoint-buffer", "--save-model"]
+    assert run([*common, "--total-timesteps", "1600"], straight).returncode == 0
+    assert run([*common, "--total-timesteps", "800"], split).returncode == 0
+    result = run(["--resume", str(only_checkpoint(split)), "--total-timesteps", "1600"], split)
+    assert result.returncode == 0, result.stderr
+    assert "with its replay buffer" in result.stdout
+    a, b = torch.load(only_checkpoint(straight), weights_only=True), torch.load(only_checkpoint(split), weights_only=True)
+    assert (a["iteration"], a["global_step"]) == (b["iteration"], b["global_step"]) == (701, 1600)
+    for name in ("actor", "critic", "critic_target"):
+        for key, value in a[name].items():
+            assert torch.equal(value, b[name][key]), (name, key)
+    for name in ("q_optimizer", "actor_optimizer"):
+        for param, state in a[name]["state"].items():
+            assert all(torch.equal(value, b[name]["state"][param][k]) for k, value in state.items()), (name, param)
+    assert torch.equal(a["log_alpha"], b["log_alpha"]) and torch.equal(a["omega"], b["omega"])
+    assert scalars(straight, "charts/episodic_return") == scalars(split, "charts/episodic_return")
+    # the split run has one extra evaluation (the end of its first half); every other one is identical
+    assert set(scalars(straight, "eval/episodic_return")) <= set(scalars(split, "eval/episodic_return"))
+
+
+def test_periodic_checkpoints_hold_everything(tmp_path):
+    result = run([*PENDULUM, "--total-timesteps", "600", "--checkpoint-frequency", "100"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    saved = torch.load(only_checkpoint(tmp_path), weights_only=True)
+    assert saved["iteration"] == 200 and "buffer" not in saved  # the last multiple of 100 of 201 iterations
+    assert {"random_state", "alpha_optimizer", "omega", "entropy", "critic_target"} <= set(saved)
+    result = run(["--resume", str(only_checkpoint(tmp_path)), "--total-timesteps", "800"], tmp_path)
+    assert result.returncode == 0 and "the replay buffer is refilled first" in result.stdout
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_a_checkpoint_and_exits(tmp_path, signum, status):
+    cmd = [sys.executable, SCRIPT, *PENDULUM, "--total-timesteps", "10000000", "--log-frequency", "20"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # wait until training runs
+        if line.startswith("step "):
+            break
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == status, err
+    assert "Traceback" not in err
+    assert f"--resume {only_checkpoint(tmp_path).relative_to(tmp_path)}" in out
+    assert f"stopped by {signal.Signals(signum).name}" in out
+    saved = torch.load(only_checkpoint(tmp_path), weights_only=True)
+    assert saved["global_step"] > 200 and saved["iteration"] > 0
+    assert scalars(tmp_path, "losses/qf1_loss")  # the writer was flushed and closed
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    assert run([*PENDULUM, "--total-timesteps", "400", "--save-model"], tmp_path).returncode == 0
+    good = only_checkpoint(tmp_path)
+    good_bytes = good.read_bytes()
+    # a learning rate of 1e30 makes the critic non-finite within a few updates
+    result = run(["--resume", str(good), "--total-timesteps", "4000", "--q-lr", "1e30", "--checkpoint-frequency", "5"],
+                 tmp_path)  # fmt: skip
+    assert result.returncode == 3
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "non-finite" in line and "at iteration" in line and f"last good checkpoint is {good.relative_to(tmp_path)}" in line
+    assert good.read_bytes() == good_bytes
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    result = run([*PENDULUM, "--total-timesteps", "4000", "--q-lr", "1e30", "--log-frequency", "5"], fresh)
+    assert result.returncode == 3 and "non-finite losses/" in result.stderr and "no checkpoint" in result.stderr
+
+
+BAD_INPUTS = {
+    "zero envs": (["--num-envs", "0"], "--num-envs must be positive"),
+    "zero batch": (["--batch-size", "0"], "--batch-size must be positive"),
+    "zero diffusion steps": (["--diffusion-steps", "0"], "--diffusion-steps must be positive"),
+    "negative budget": (["--total-timesteps", "-5"], "--total-timesteps must be positive"),
+    "zero eval episodes": (["--eval-episodes", "0"], "--eval-episodes must be positive"),
+    "gamma above 1": (["--gamma", "1.5"], "--gamma must be at most 1"),
+    "zero tau": (["--tau", "0"], "--tau must be positive"),
+    "negative lr": (["--policy-lr", "-1"], "--policy-lr must be positive"),
+    "nan lr": (["--q-lr", "nan"], "--q-lr must be positive"),
+    "zero alpha": (["--init-alpha", "0"], "--init-alpha must be positive"),
+    "negative noise": (["--noise-scale", "-0.1"], "--noise-scale must be non-negative"),
+    "negative eta": (["--q-grad-coef", "-1"], "--q-grad-coef must be non-negative"),
+    "negative checkpoint interval": (["--checkpoint-frequency", "-1"], "--checkpoint-frequency must be non-negative"),
+    "warm-up above buffer": (["--learning-starts", "2000", "--buffer-size", "1000"], "must not exceed --buffer-size"),
+    "not an int": (["--seed", "abc"], "Error parsing --seed"),
+    "unknown flag": (["--bogus-flag", "1"], "Unrecognized options: --bogus-flag"),
+    "missing value": (["--total-timesteps"], "Missing value for argument '--total-timesteps'"),
+    "unknown env": (["--env-id", "Hoper-v4"], "did you mean Hopper-v4"),
+    "discrete actions": (["--env-id", "CartPole-v1"], "Discrete action space"),
+    "missing checkpoint": (["--resume", "missing.pt"], "no such file"),
+    "corrupt checkpoint": (["--resume", "garbage.pt"], "cannot read checkpoint"),
+    "foreign checkpoint": (["--resume", "foreign.pt"], "is not a checkpoint of this script"),
+    "runs is a file": (["--env-id", "Pendulum-v1"], "is not a writable folder"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_input_results(tmp_path_factory):
+    """All bad invocations at once (each in its own folder), so the table costs about one start-up per core."""
+    procs = {}
+    for name, (args, _) in BAD_INPUTS.items():
+        cwd = tmp_path_factory.mktemp("bad")
+        (cwd / "garbage.pt").write_bytes(b"\x00not a torch file")
+        torch.save({"weights": torch.zeros(3)}, cwd / "foreign.pt")
+        if name == "runs is a file":
+            (cwd / "runs").write_text("")
+        procs[name] = (cwd, subprocess.Popen([sys.executable, SCRIPT, *args], cwd=cwd, stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, text=True))  # fmt: skip
+    results = {}
+    for name, (cwd, proc) in procs.items():
+        out, err = proc.communicate(timeout=300)
+        results[name] = (cwd, proc.returncode, out, err)
+    return results
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_line_and_no_run_folder(bad_input_results, name):
+    cwd, status, out, err = bad_input_results[name]
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and BAD_INPUTS[name][1] in lines[0], err
+    assert "Traceback" not in err
+    assert not (cwd / "runs").is_dir()
