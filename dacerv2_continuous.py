@@ -496,8 +496,12 @@ CHECKPOINT_KEYS = {"actor", "critic", "critic_target", "actor_optimizer", "q_opt
 def save_checkpoint(path, state):
     """Atomic write: a crash mid-write leaves any previous checkpoint intact."""
     tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def load_checkpoint(path):

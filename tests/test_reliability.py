@@ -55,6 +55,17 @@ def test_resume_with_buffer_is_bit_identical(tmp_path):
     assert set(scalars(straight, "eval/episodic_return")) <= set(scalars(split, "eval/episodic_return"))
 
 
+def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path):
+    import dacerv2_continuous as dacer
+
+    path = tmp_path / "run.pt"
+    dacer.save_checkpoint(path, {"iteration": 1, "weights": torch.ones(3)})
+    with pytest.raises(Exception):  # fails mid-write: a lambda cannot be pickled
+        dacer.save_checkpoint(path, {"iteration": 2, "weights": torch.zeros(100_000), "bad": lambda: 0})
+    assert torch.load(path, weights_only=True)["iteration"] == 1
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
 def test_periodic_checkpoints_hold_everything(tmp_path):
     result = run([*PENDULUM, "--total-timesteps", "600", "--checkpoint-frequency", "100"], tmp_path)
     assert result.returncode == 0, result.stderr
