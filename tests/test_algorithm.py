@@ -69,18 +69,37 @@ def reference_sample(actor, obs, noise):
     s = dacer.vp_schedule(actor.T)
     x = noise[0]
     for j in reversed(range(actor.T)):
-        emb = actor.time_mlp(actor.time_sinusoid[j]).expand(len(obs), -1)
-        eps = actor.trunk(F.linear(torch.cat([obs, x, emb], -1), actor.input_layer.weight, actor.input_layer.bias))
-        x0 = (x / math.sqrt(s["kappa_bar"][j]) - eps * math.sqrt(1 / s["kappa_bar"][j] - 1)).clamp(-1, 1)
+        emb = actor.time_out(F.mish(actor.time_in(actor.time_sinusoid[j]))).expand(len(obs), -1)
+        h = actor.input_layer(torch.cat([obs, x, emb], -1))
+        for layer in actor.trunk:
+            h = layer(F.mish(h))
+        x0 = (x / math.sqrt(s["kappa_bar"][j]) - h * math.sqrt(1 / s["kappa_bar"][j] - 1)).clamp(-1, 1)
         x = s["posterior_c1"][j] * x0 + s["posterior_c2"][j] * x
         if j > 0:
-            x = x + math.sqrt(s["posterior_std"][j] ** 2) * noise[j]
+            x = x + s["posterior_std"][j] * noise[j]
     return x
 
 
 def test_sampler_equals_literal_reference_for_same_noise(actor):
-    obs, noise = torch.randn(64, 4), torch.randn(5, 64, 3)
-    torch.testing.assert_close(actor.sample(obs, noise), reference_sample(actor, obs, noise), atol=1e-5, rtol=1e-5)
+    """The fast sampler (split first layer, F.linear, fused scalar ops) gives the reference's actions, with and
+    without autograd (which switch between the two Mish implementations)."""
+    for batch in (1, 64):
+        obs, noise = torch.randn(batch, 4), torch.randn(5, batch, 3)
+        expected = reference_sample(actor, obs, noise)
+        torch.testing.assert_close(actor.sample(obs, noise), expected, atol=1e-5, rtol=1e-5)
+        with torch.no_grad():
+            torch.testing.assert_close(actor.sample(obs, noise), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_one_exp_mish_matches_torch_in_value_and_gradient():
+    x = torch.cat([torch.linspace(-30, 30, 1001), torch.tensor([-1e4, 1e4])]).requires_grad_(True)
+    y = dacer.MishFunction.apply(x)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    x_ref = x.detach().clone().requires_grad_(True)
+    y_ref = F.mish(x_ref)
+    y_ref.sum().backward()
+    torch.testing.assert_close(y, y_ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grad, x_ref.grad, atol=1e-5, rtol=1e-5)
 
 
 def test_time_embedding_is_the_scaled_sinusoid(actor):
@@ -133,10 +152,10 @@ def test_q_grad_loss_target_is_minus_weighted_normalised_gradient(actor):
     target = -weights[:, None, None] * grad / (grad.norm(dim=-1, keepdim=True) + 1e-6)
 
     class Fixed(torch.nn.Module):  # a "network" whose noise prediction is the target itself
-        def input_parts(self, obs):
-            return None, torch.zeros(5, 1)
+        def first_layer(self, obs):
+            return None, None
 
-        def predict_noise(self, obs_part, x, time_part):
+        def predict_noise(self, base, w_x, x):
             assert x.shape == (5, 8, 3) and not x.requires_grad
             return target
 
