@@ -840,6 +840,11 @@ if __name__ == "__main__":
         if args.checkpoint_frequency and iteration % args.checkpoint_frequency == 0:
             write_checkpoint()
 
+    if task == "MultiGoal" and not stop_signal:  # paper Fig. 2: 100 stochastic trajectories from the origin
+        import multigoal_env
+
+        multigoal_env.report_multimodality(actor, envs.envs[0].unwrapped.num_goals, f"runs/{run_name}/multimodality.png",
+                                           writer, steps_done, seed=args.seed)  # fmt: skip
     if args.save_model or stop_signal:
         write_checkpoint()
         print(f"checkpoint saved to {checkpoint_path}; continue with: python {sys.argv[0]} --resume {checkpoint_path}"

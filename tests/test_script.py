@@ -86,3 +86,15 @@ def test_help_lists_flags_and_units():
                  "--no-q-grad-norm", "--resume", "--noise-scale", "--num-layers", "--torch-deterministic"]:  # fmt: skip
         assert flag in result.stdout
     assert "in iterations" in result.stdout and "environment steps" in result.stdout
+
+
+def test_multigoal_run_reports_multimodality(tmp_path):
+    """A short run on the 6-goal task ends with the Fig. 2 evaluation: its figure and its eval/ metrics."""
+    result = run(["--env-id", "MultiGoal6-v0", "--no-cuda", *TINY], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "multimodality (100 trajectories from the origin)" in result.stdout
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "multimodality.png").stat().st_size > 0
+    scalars = read_events(run_dir).Tags()["scalars"]
+    for tag in ["eval/goals_reached", "eval/success_rate", "eval/coverage_uniformity"]:
+        assert tag in scalars

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Paper Fig. 2: DACERv2 and the DACER baseline on the multi-goal task with 4, 5 and 6 goals, then figure and table.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
+
+SEEDS="1"
+ENVS="MultiGoal4-v0 MultiGoal5-v0 MultiGoal6-v0"
+TOTAL_TIMESTEPS=2000000 # 100,000 iterations x 20 envs (the paper gives no budget; ALGORITHM.md section 8)
+OUT_DIR="results/multigoal"
+
+usage() {
+    cat <<EOF
+Usage: bash benchmark/multigoal.sh [OPTIONS] [-- TRAINING FLAGS...]
+
+Train on the multi-goal task (paper Fig. 2), every env x seed x algorithm in its own process, each with
+--total-timesteps $TOTAL_TIMESTEPS --save-model (a later --total-timesteps after -- overrides the budget).
+Algorithms (run names use them as exp_name):
+  dacerv2   DACERv2 with the paper's defaults (T = 5, eta = 1)
+  dacer     the DACER baseline: --diffusion-steps 20 --q-grad-coef 0
+Afterwards (also when some runs failed) the checkpoints under runs/ are evaluated with
+  \$PYTHON benchmark/multigoal_report.py runs --out OUT
+which writes OUT/multigoal.png (the 2 x 3 grid of Fig. 2) and OUT/multigoal.md (goals reached, success rate,
+coverage uniformity, min/max ratio).
+
+Options:
+  --envs "ENV ..."    multi-goal env ids (default: "$ENVS")
+  --out DIR           where the figure and table go (default: $OUT_DIR)
+EOF
+    launch_common_help
+    cat <<EOF
+
+Example: bash benchmark/multigoal.sh --seeds "1 2 3 4 5" --workers 2 -- --total-timesteps 6000000
+EOF
+}
+
+# Take the options only this script has.
+handle_option() {
+    case "$1" in
+        --envs) ENVS="$2" ;;
+        --out) OUT_DIR="$2" ;;
+        *) return 1 ;;
+    esac
+}
+
+launch_parse_args "$@"
+for env in $ENVS; do
+    [[ $env =~ ^MultiGoal[456]?-v0$ ]] || launch_die "'$env' is not MultiGoal-v0 or MultiGoal{4,5,6}-v0"
+done
+run_flags=(--total-timesteps "$TOTAL_TIMESTEPS" --save-model)
+for seed in $SEEDS; do
+    for env in $ENVS; do
+        add_job "$env" dacerv2 "$seed" "${run_flags[@]}"
+        add_job "$env" dacer "$seed" --diffusion-steps 20 --q-grad-coef 0 "${run_flags[@]}"
+    done
+done
+# launch_jobs exits when a run fails: run it in a subshell so that the runs that finished are still reported
+status=0
+(launch_jobs) || status=$?
+if ((DRY_RUN || status == 2)); then
+    exit "$status"
+fi
+echo "evaluating the checkpoints: figure and table in $OUT_DIR/" >&2
+report_status=0
+"$PYTHON" "$REPO_ROOT/benchmark/multigoal_report.py" runs --out "$OUT_DIR" || report_status=$?
+exit $((status ? status : report_status))
