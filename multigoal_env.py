@@ -170,7 +170,7 @@ def multimodality_metrics(goal_hits, num_goals):
     total = counts.sum()
     if total > 0:
         p = counts[counts > 0] / total
-        uniformity = float(-np.sum(p * np.log(p)) / np.log(num_goals))
+        uniformity = float(-np.sum(p * np.log(p)) / np.log(num_goals)) + 0.0  # + 0.0: one goal gives 0, not -0
         min_max_ratio = float(counts.min() / counts.max())
     else:
         uniformity, min_max_ratio = 0.0, 0.0
