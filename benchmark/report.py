@@ -72,8 +72,9 @@ class Run:
 
     @property
     def partial(self):
-        """Whether the last evaluation is short of the planned total (total_timesteps)."""
-        return self.steps[-1] < self.total_timesteps
+        """Whether the last evaluation is short of the planned total. The script logs at the step count before each
+        vector step, so a finished run's final evaluation stands at total_timesteps - num_envs or later."""
+        return self.steps[-1] < self.total_timesteps - self.num_envs
 
     @property
     def label(self):

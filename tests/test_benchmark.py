@@ -248,3 +248,12 @@ def test_launch_runs_jobs_in_parallel_with_logs(tmp_path):
     assert log.split() == [SCRIPT, "--env-id", "Hopper-v4", "--seed", "2", "--exp-name", "dacerv2", "--x"]
     failed = bash("mujoco.sh", "--envs", "Hopper-v4", "--seeds", "1", cwd=tmp_path, python="false")
     assert failed.returncode == 1 and "FAILED" in failed.stderr
+
+
+def test_a_finished_run_logs_its_last_evaluation_one_vector_step_before_the_total():
+    """dacerv2_continuous.py logs at global_step, the env-step count before the vector step: a 400,000-step run with
+    20 envs evaluates last at 399,980. That run is complete; one that stopped a vector step earlier is not."""
+    common = dict(path=Path("runs/x"), env_id="Hopper-v4", exp_name="dacerv2", seed=1, returns=np.array([1.0, 2.0]),
+                  num_envs=20, total_timesteps=400_000)  # fmt: skip
+    assert not report.Run(steps=np.array([200_000, 399_980]), **common).partial
+    assert report.Run(steps=np.array([200_000, 399_960]), **common).partial
