@@ -135,7 +135,7 @@ def resolve_env_id(env_id):
         print(f"{env_id} needs mujoco-py (MuJoCo 2.1), which gymnasium dropped: using {name}-v4 (README: Known differences)")
         return f"{name}-v4"
     if env_id not in gym.registry:
-        close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.6)
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.75)
         fail(f"unknown env id {env_id!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
     return env_id
 

@@ -1,0 +1,280 @@
+"""Paper Table 1 (efficiency): training time per iteration, single-state inference latency and the wall time of the
+GMM entropy estimate, for DACERv2 (T = 5, the script's default eta) and DACER (T = 20, --q-grad-coef 0).
+
+Usage: python benchmark/efficiency.py [--env-id Hopper-v4] [--device cpu|cuda] [--json PATH] [--markdown PATH]
+
+- Training: the real training loop. dacerv2_continuous.py runs in a subprocess (in a temporary folder) with
+  --log-frequency 2, and its `charts/update_ms` points are read back from the event file. Each point is the mean wall
+  time of one policy iteration and one critic-only iteration (the update step only: batch sampling, critic, alpha,
+  actor and target updates; env stepping excluded). The first points (warm-up; iteration 0 also runs the GMM entropy
+  estimate) are dropped; the median over the rest is reported.
+- Inference: `DiffusionActor.sample` on one state under torch.no_grad(), the function that acting and evaluation
+  call; median over INFER_CALLS calls after INFER_WARMUP warm-up calls.
+- GMM entropy estimate: `estimate_entropy` on a batch of states with the script's defaults (256 states x 200
+  actions x 3 components); median of ENTROPY_REPEATS calls after one warm-up call. It runs every
+  --alpha-update-frequency iterations in training and is not part of the training time above.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import gymnasium as gym  # noqa: E402
+import torch  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+import dacerv2_continuous as dacer  # noqa: E402
+
+SCRIPT = REPO / "dacerv2_continuous.py"
+DEFAULTS = dacer.Args()  # batch size, GMM sizes, noise scale, initial alpha and alpha interval of the script
+# name, diffusion steps T, extra flags of the training script (DACER: no Q-gradient field loss L_g)
+ALGORITHMS = (("DACERv2", 5, ()), ("DACER", 20, ("--q-grad-coef", "0")))
+PAPER_TABLE_1 = {"DACERv2": (0.63, 7.0), "DACER": (1.60, 12.0)}  # inference ms, training ms; RTX 4090
+PAPER_HARDWARE = "AMD Ryzen Threadripper 3960X + NVIDIA RTX 4090"
+NUM_ENVS = 20  # the script's default; one iteration = one step of every env + one update
+LEARNING_STARTS = 1_000  # env steps of uniform random actions before the first update
+WARMUP_ITERATIONS = 20  # dropped from the training time (10 log points)
+LOG_FREQUENCY = 2  # one policy iteration + one critic-only iteration per `charts/update_ms` point
+NEVER = 1_000_000  # an interval past the run's end: no periodic evaluation, the GMM estimate at iteration 0 only
+INFER_WARMUP, INFER_CALLS = 100, 1_000
+ENTROPY_REPEATS = 3
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2) like the training script's."""
+
+    def error(self, message):
+        dacer.fail(f"{message} (see --help)")
+
+
+def parse_args():
+    """The command line, checked: bad input ends with one line on stderr and exit status 2."""
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--env-id", default="Hopper-v4", help="the environment (default: Hopper-v4)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
+    parser.add_argument(
+        "--iterations", type=int, default=400, help="training iterations measured after the warm-up (default: 400)"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1, like the script)")
+    parser.add_argument("--hidden-dim", type=int, default=256, help="hidden layer width (default: 256, paper)")
+    parser.add_argument("--num-layers", type=int, default=2, help="number of hidden layers (default: 2, paper)")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
+    parser.add_argument("--markdown", metavar="PATH", help="write the table as markdown to PATH (for the README)")
+    parser.add_argument(
+        "--python", default=sys.executable, help="the interpreter that runs the training script (default: this one)"
+    )
+    args = parser.parse_args()
+    if args.iterations < 2 or args.iterations % LOG_FREQUENCY:
+        dacer.fail(f"--iterations must be an even number >= 2 (one log point per 2 iterations), got {args.iterations}")
+    for name in ("threads", "hidden_dim", "num_layers"):
+        if getattr(args, name) < 1:
+            dacer.fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if shutil.which(args.python) is None:
+        dacer.fail(f"--python: no such interpreter {args.python!r}")
+    for option in ("json", "markdown"):
+        path = getattr(args, option)
+        if path is not None and not Path(path).resolve().parent.is_dir():
+            dacer.fail(f"--{option}: the folder of {path!r} does not exist")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        dacer.fail("--device cuda: no CUDA device is available to this torch (use --device cpu)")
+    return args
+
+
+def env_dims(env_id):
+    """The env id the script runs (paper -v3 ids become -v4), its observation and action sizes and a first state."""
+    env_id = dacer.resolve_env_id(env_id)
+    try:
+        env = gym.make(env_id)
+    except Exception as e:  # e.g. a missing optional dependency of the env
+        dacer.fail(f"cannot make {env_id}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:150]}")
+    if not (isinstance(env.observation_space, gym.spaces.Box) and isinstance(env.action_space, gym.spaces.Box)):
+        dacer.fail(f"{env_id}: DACERv2 needs Box observation and action spaces")
+    obs, _ = env.reset(seed=0)
+    env.close()
+    return env_id, env.observation_space.shape[0], env.action_space.shape[0], obs
+
+
+def cpu_model():
+    """The CPU's model name (Linux /proc/cpuinfo, else what platform knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def describe_device(device, threads):
+    """One line: the GPU, or the CPU model with the number of torch threads."""
+    cpu = f"{cpu_model()}, {threads} torch thread{'s' * (threads > 1)} of {os.cpu_count()} logical CPUs"
+    return f"{torch.cuda.get_device_name(device)} (host: {cpu})" if device.type == "cuda" else cpu
+
+
+def training_ms(args, env_id, name, diffusion_steps, flags):
+    """Per-point `charts/update_ms` of a real training run after the warm-up points (ms per iteration)."""
+    total_iterations = WARMUP_ITERATIONS + args.iterations
+    command = [
+        args.python, str(SCRIPT), "--env-id", env_id, "--num-envs", str(NUM_ENVS),
+        "--total-timesteps", str(LEARNING_STARTS + total_iterations * NUM_ENVS), "--learning-starts",
+        str(LEARNING_STARTS), "--log-frequency", str(LOG_FREQUENCY), "--eval-frequency", str(NEVER),
+        "--eval-episodes", "1", "--alpha-update-frequency", str(NEVER), "--torch-threads", str(args.threads),
+        "--hidden-dim", str(args.hidden_dim), "--num-layers", str(args.num_layers),
+        "--diffusion-steps", str(diffusion_steps), *flags, "--cuda" if args.device == "cuda" else "--no-cuda",
+    ]  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="efficiency-") as folder:
+        result = subprocess.run(command, cwd=folder, capture_output=True, text=True)
+        if result.returncode != 0:
+            print(f"error: the {name} training run failed (exit status {result.returncode}):", file=sys.stderr)
+            print(" ".join(command), *result.stderr.strip().splitlines()[-15:], sep="\n", file=sys.stderr)
+            sys.exit(1)
+        if args.device == "cuda" and "no CUDA device is available" in result.stdout:
+            print(f"error: the {name} training run found no CUDA device ({args.python})", file=sys.stderr)
+            sys.exit(1)
+        (run_dir,) = Path(folder, "runs").iterdir()
+        events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+        events.Reload()
+        points = [event.value for event in events.Scalars("charts/update_ms")]
+    expected = total_iterations // LOG_FREQUENCY
+    if len(points) != expected:
+        print(f"error: the {name} run logged {len(points)} update_ms points, expected {expected}", file=sys.stderr)
+        sys.exit(1)
+    return points[WARMUP_ITERATIONS // LOG_FREQUENCY :]
+
+
+def synchronize(device):
+    """Waits for the GPU's queued work, so that the clock read next includes it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def inference_ms(actor, obs, device):
+    """Median wall time of actor.sample on one state, in ms."""
+    times = []
+    for call in range(INFER_WARMUP + INFER_CALLS):
+        start = time.perf_counter()
+        actor.sample(obs)
+        synchronize(device)
+        if call >= INFER_WARMUP:
+            times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def entropy_s(actor, obs_batch, device):
+    """Median wall time of the GMM entropy estimate with the script's defaults, in s."""
+    alpha = torch.tensor(DEFAULTS.init_alpha, device=device)
+    times = []
+    for call in range(1 + ENTROPY_REPEATS):
+        start = time.perf_counter()
+        dacer.estimate_entropy(actor, obs_batch, alpha, DEFAULTS.noise_scale, DEFAULTS.gmm_samples,
+                               DEFAULTS.gmm_components)  # fmt: skip
+        synchronize(device)
+        if call > 0:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(args, env_id, obs_dim, act_dim, first_obs):
+    """Training, inference and entropy-estimate times of both algorithms, one after the other."""
+    device = torch.device(args.device)
+    obs = torch.as_tensor(first_obs, dtype=torch.float32, device=device)[None]
+    obs_batch = torch.randn(DEFAULTS.batch_size, obs_dim, device=device)
+    results = {}
+    for name, diffusion_steps, flags in ALGORITHMS:
+        print(f"{name}: {WARMUP_ITERATIONS} + {args.iterations} training iterations on {env_id} ...", file=sys.stderr)
+        points = training_ms(args, env_id, name, diffusion_steps, flags)
+        torch.manual_seed(DEFAULTS.seed)
+        actor = dacer.DiffusionActor(obs_dim, act_dim, args.hidden_dim, args.num_layers, diffusion_steps).to(device)
+        print(f"{name}: inference ({INFER_CALLS} calls) and GMM entropy estimate ...", file=sys.stderr)
+        results[name.lower()] = {
+            "train_ms": statistics.median(points),
+            "infer_ms": inference_ms(actor, obs, device),
+            "entropy_s": entropy_s(actor, obs_batch, device),
+            "train_ms_mean": statistics.fmean(points),
+            "train_points": len(points),
+            "diffusion_steps": diffusion_steps,
+        }
+    return results
+
+
+def table_rows(results):
+    """Header and one row per algorithm: ours, normalised to DACERv2, then the paper's."""
+    header = ["algorithm", "inference ms", "normalised", "training ms/iter", "normalised", "GMM entropy s",
+              "paper inference ms", "normalised", "paper training ms", "normalised"]  # fmt: skip
+    ours_ref, paper_ref = results["dacerv2"], PAPER_TABLE_1["DACERv2"]
+    rows = [header]
+    for name, _, _ in ALGORITHMS:
+        ours, (paper_infer, paper_train) = results[name.lower()], PAPER_TABLE_1[name]
+        rows.append([
+            name, f"{ours['infer_ms']:.2f}", f"{ours['infer_ms'] / ours_ref['infer_ms']:.2f}x",
+            f"{ours['train_ms']:.2f}", f"{ours['train_ms'] / ours_ref['train_ms']:.2f}x", f"{ours['entropy_s']:.3f}",
+            f"{paper_infer:.2f}", f"{paper_infer / paper_ref[0]:.2f}x", f"{paper_train:.1f}",
+            f"{paper_train / paper_ref[1]:.2f}x",
+        ])  # fmt: skip
+    return rows
+
+
+def notes(args, env_id, device_text, results):
+    """The measurement conditions, as lines under the table."""
+    amortised = {name: 1000 * r["entropy_s"] / DEFAULTS.alpha_update_frequency for name, r in results.items()}
+    return [
+        f"Environment {env_id}, networks of {args.num_layers} hidden layers of {args.hidden_dim}, batch "
+        f"{DEFAULTS.batch_size}; device: {device_text}; torch {torch.__version__}. Paper: {PAPER_HARDWARE}.",
+        f"Training ms per iteration: median of {args.iterations // LOG_FREQUENCY} `charts/update_ms` points of the "
+        f"real training loop, each the mean of one policy iteration and one critic-only iteration ({args.iterations} "
+        f"iterations after {WARMUP_ITERATIONS} warm-up iterations); the update step only (batch sampling, critic, "
+        f"alpha, actor, target updates), env stepping excluded. Means: {results['dacerv2']['train_ms_mean']:.2f} "
+        f"(DACERv2), {results['dacer']['train_ms_mean']:.2f} (DACER).",
+        f"Inference ms: median of {INFER_CALLS} calls of `DiffusionActor.sample` on a single state.",
+        f"The periodic GMM entropy estimate is excluded from the training time and reported separately "
+        f"({DEFAULTS.batch_size} states x {DEFAULTS.gmm_samples} actions x {DEFAULTS.gmm_components} components, "
+        f"untrained actor, median of {ENTROPY_REPEATS}); run every {DEFAULTS.alpha_update_frequency} iterations, it "
+        f"adds {amortised['dacerv2']:.2f} ms (DACERv2) and {amortised['dacer']:.2f} ms (DACER) per iteration on "
+        "average.",
+    ]
+
+
+def render_text(rows):
+    """The table as aligned plain-text columns."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def render_markdown(rows):
+    """The table as a markdown table."""
+    lines = ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join([lines[0], "|" + "---|" * len(rows[0]), *lines[1:]])
+
+
+def main():
+    args = parse_args()
+    env_id, obs_dim, act_dim, first_obs = env_dims(args.env_id)
+    dacer.keep_freed_memory()
+    torch.set_num_threads(args.threads)
+    device_text = describe_device(torch.device(args.device), args.threads)
+    results = measure(args, env_id, obs_dim, act_dim, first_obs)
+    rows, lines = table_rows(results), notes(args, env_id, device_text, results)
+    print(f"\nEfficiency (paper Table 1; lower is better) on {env_id}\n\n{render_text(rows)}\n")
+    print("\n".join(lines))
+    if args.markdown:
+        Path(args.markdown).write_text(render_markdown(rows) + "\n\n" + "\n".join(f"- {line}" for line in lines) + "\n")
+    if args.json:
+        summary = {"device": device_text, "torch": torch.__version__, "env_id": env_id, "threads": args.threads}
+        summary |= {key: getattr(args, key) for key in ("iterations", "hidden_dim", "num_layers")}
+        Path(args.json).write_text(json.dumps({**summary, **results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""benchmark/efficiency.py (paper Table 1) end to end on tiny settings: JSON schema, printed table, bad input."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+EFFICIENCY = str(Path(__file__).resolve().parents[1] / "benchmark" / "efficiency.py")
+ALGORITHMS = ("DACERv2", "DACER")
+
+
+def run(args, cwd):
+    return subprocess.run([sys.executable, EFFICIENCY, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def table_rows(stdout):
+    """The printed table's rows by algorithm name, split into cells."""
+    cells = [line.split() for line in stdout.splitlines()]
+    return {row[0]: row for row in cells if row and row[0] in ALGORITHMS}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """One tiny benchmark on Pendulum-v1 with 32-wide networks: its result, JSON and markdown."""
+    cwd = tmp_path_factory.mktemp("efficiency")
+    args = ["--env-id", "Pendulum-v1", "--iterations", "20", "--hidden-dim", "32"]
+    result = run([*args, "--json", "efficiency.json", "--markdown", "efficiency.md"], cwd)
+    assert result.returncode == 0, result.stderr
+    return result, json.loads((cwd / "efficiency.json").read_text()), (cwd / "efficiency.md").read_text()
+
+
+def test_json_has_the_schema_and_positive_finite_times(tiny):
+    _, summary, _ = tiny
+    assert isinstance(summary["device"], str) and summary["device"]
+    assert summary["env_id"] == "Pendulum-v1" and summary["iterations"] == 20
+    for name in ("dacerv2", "dacer"):
+        for key in ("train_ms", "infer_ms", "entropy_s"):
+            value = summary[name][key]
+            assert isinstance(value, float) and math.isfinite(value) and value > 0, (name, key, value)
+        assert summary[name]["train_points"] == 10  # 20 iterations, one point per 2 after the warm-up points
+    assert summary["dacerv2"]["diffusion_steps"] == 5 and summary["dacer"]["diffusion_steps"] == 20
+
+
+def test_printed_table_and_markdown_have_both_rows(tiny):
+    result, summary, markdown = tiny
+    rows = table_rows(result.stdout)
+    assert set(rows) == set(ALGORITHMS)
+    assert rows["DACERv2"][2] == "1.00x" and rows["DACERv2"][4] == "1.00x"  # normalised to DACERv2
+    assert float(rows["DACER"][1]) == pytest.approx(summary["dacer"]["infer_ms"], abs=0.01)
+    assert "0.63" in rows["DACERv2"] and "12.0" in rows["DACER"]  # the paper's numbers beside ours
+    assert "GMM entropy estimate is excluded from the training time" in result.stdout
+    for name in ALGORITHMS:
+        assert f"| {name} |" in markdown
+    assert torch.__version__ in markdown
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_cuda_exits_2_with_one_line(tmp_path):
+    result = run(["--device", "cuda"], tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "CUDA" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--iterations", "3"], "--iterations"), (["--env-id", "NoSuchEnv-v0"], "unknown env id"),
+     (["--threads", "0"], "--threads"), (["--bogus"], "unrecognized")],
+)  # fmt: skip
+def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    result = run(args, tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+    assert not any(tmp_path.iterdir())  # nothing ran
+
+
+def test_failed_training_run_exits_1_with_its_last_stderr_lines(tmp_path):
+    fake_python = tmp_path / "fake_python"
+    fake_python.write_text("#!/bin/sh\necho 'some output' >&2\necho 'boom: the last line' >&2\nexit 3\n")
+    fake_python.chmod(0o755)
+    result = run(["--env-id", "Pendulum-v1", "--python", str(fake_python)], tmp_path)
+    assert result.returncode == 1
+    assert "DACERv2 training run failed (exit status 3)" in result.stderr
+    assert result.stderr.strip().endswith("boom: the last line") and "Traceback" not in result.stderr
