@@ -376,8 +376,9 @@ def q_grad_loss(actor, q_fn, obs, chain, weights, normalise=True):
 def gmm_entropy(samples, num_components=3, max_iter=100, tol=1e-3, reg_covar=1e-6, seed=42):
     """Per-state entropy of a full-covariance GMM fitted to samples (B, N, d); returns (B,) in float64.
 
-    H = -sum_k w_k log w_k + sum_k w_k [d/2 (1 + log 2 pi) + 1/2 log det Sigma_k]. Mirrors sklearn's
-    GaussianMixture defaults (k-means init, 100 EM iterations, tol 1e-3 on the mean log-likelihood, reg 1e-6).
+    H = -sum_k w_k log w_k + sum_k w_k [d/2 (1 + log 2 pi) + 1/2 log det Sigma_k]. Follows sklearn's GaussianMixture
+    defaults closely (k-means init, <= 100 EM iterations, tol 1e-3 on the mean log-likelihood, reg 1e-6); differences:
+    10 Lloyd iterations for the init, convergence tested every 10 EM iterations, all states stop together.
     """
     x = samples.double()
     B, N, d = x.shape
@@ -496,6 +497,9 @@ def save_checkpoint(path, state):
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
+    except OSError as e:  # disk full, permissions: one line, and the previous checkpoint stays
+        print(f"error: cannot write checkpoint {path}: {e}", file=sys.stderr)
+        sys.exit(1)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -610,9 +614,9 @@ if __name__ == "__main__":
         probe = gym.make(env_id)
     except Exception as e:  # e.g. a missing optional dependency of the env
         fail(f"cannot make {env_id}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:150]}")
-    if not isinstance(probe.action_space, gym.spaces.Box) or not isinstance(probe.observation_space, gym.spaces.Box):
-        fail(f"{env_id} has {type(probe.observation_space).__name__} observations and a "
-             f"{type(probe.action_space).__name__} action space; DACERv2 needs Box spaces")  # fmt: skip
+    spaces = (probe.observation_space, probe.action_space)
+    if not all(isinstance(space, gym.spaces.Box) and len(space.shape) == 1 for space in spaces):
+        fail(f"{env_id} has {spaces[0]} observations and a {spaces[1]} action space; DACERv2 needs flat Box spaces")
     probe.close()
     task = env_id.rpartition("-")[0]
     task = "MultiGoal" if task.startswith("MultiGoal") else task
@@ -674,6 +678,9 @@ if __name__ == "__main__":
     iteration, start_step = 0, 0
     obs, _ = envs.reset(seed=args.seed)
     if checkpoint:
+        for name in ("env_id", "diffusion_steps"):  # no network weight depends on T: check it explicitly
+            if checkpoint["args"][name] != getattr(args, name):
+                fail(f"--resume: the checkpoint was trained with --{name.replace('_', '-')} {checkpoint['args'][name]}")
         try:
             actor.load_state_dict(checkpoint["actor"])
             critic.load_state_dict(checkpoint["critic"])
@@ -688,18 +695,21 @@ if __name__ == "__main__":
             log_alpha.copy_(checkpoint["log_alpha"])
         omega, entropy = checkpoint["omega"].to(device), checkpoint["entropy"].to(device)
         iteration, start_step = checkpoint["iteration"], checkpoint["global_step"]
-        saved = pickle.loads(checkpoint["random_state"])  # our own checkpoint: RNGs and env states
-        random.setstate(saved["python"])
-        np.random.set_state(saved["numpy"])
-        torch.set_rng_state(saved["torch"])
-        if device.type == "cuda" and saved["cuda"] is not None:
-            torch.cuda.set_rng_state(saved["cuda"])
-        if len(saved["envs"]) == args.num_envs:
-            for env, state in zip(envs.envs, saved["envs"]):
-                set_env_state(env, state)
-            envs.action_space.np_random.bit_generator.state, obs = saved["action_space"], saved["obs"]
-        else:
-            print(f"--num-envs changed from {len(saved['envs'])}: the envs start new episodes")
+        try:  # RNGs and env states are pickled: resume only checkpoints you trust (README)
+            saved = pickle.loads(checkpoint["random_state"])
+            random.setstate(saved["python"])
+            np.random.set_state(saved["numpy"])
+            torch.set_rng_state(saved["torch"])
+            if device.type == "cuda" and saved["cuda"] is not None:
+                torch.cuda.set_rng_state(saved["cuda"])
+            if len(saved["envs"]) == args.num_envs:
+                for env, state in zip(envs.envs, saved["envs"]):
+                    set_env_state(env, state)
+                envs.action_space.np_random.bit_generator.state, obs = saved["action_space"], saved["obs"]
+            else:
+                print(f"--num-envs changed from {len(saved['envs'])}: the envs start new episodes")
+        except Exception as e:
+            fail(f"--resume: the checkpoint's random and env state cannot be restored ({type(e).__name__}: {e})")
         if "buffer" in checkpoint:
             rb.load_state_dict(checkpoint["buffer"])
         message = "with its replay buffer" if "buffer" in checkpoint else "the replay buffer is refilled first"
@@ -709,7 +719,7 @@ if __name__ == "__main__":
     if args.track:
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                    config=vars(args), name=run_name, save_code=True)  # fmt: skip
-    writer = SummaryWriter(f"runs/{run_name}")
+    writer = SummaryWriter(f"runs/{run_name}", purge_step=start_step if checkpoint else None)  # drop points after it
     hparams = {**vars(args), "env_id": env_id, "env_id_requested": args.env_id, "q_grad_coef": q_grad_coef}
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in hparams.items()))
 
@@ -782,7 +792,7 @@ if __name__ == "__main__":
                                          b_terminations, args.gamma)  # fmt: skip
         mu, sigma = critic(b_obs, b_actions)
         with torch.no_grad():  # omega starts at the first batch mean of sigma, then a moving average
-            omega = sigma.mean(1) if iteration == 0 and not checkpoint else omega.lerp(sigma.mean(1), args.tau)
+            omega = sigma.mean(1) if iteration == 0 else omega.lerp(sigma.mean(1), args.tau)
         qf_losses = dsac_critic_loss(mu, sigma, y, y_sample, omega)
         q_optimizer.zero_grad(set_to_none=True)
         qf_losses.sum().backward()

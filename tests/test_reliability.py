@@ -74,6 +74,9 @@ def test_periodic_checkpoints_hold_everything(tmp_path):
     assert {"random_state", "alpha_optimizer", "omega", "entropy", "critic_target"} <= set(saved)
     result = run(["--resume", str(only_checkpoint(tmp_path)), "--total-timesteps", "800"], tmp_path)
     assert result.returncode == 0 and "the replay buffer is refilled first" in result.stdout
+    # no weight depends on T, so a changed --diffusion-steps must be refused explicitly
+    result = run(["--resume", str(only_checkpoint(tmp_path)), "--diffusion-steps", "10"], tmp_path)
+    assert result.returncode == 2 and "trained with --diffusion-steps 5" in result.stderr
 
 
 @pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -130,7 +133,7 @@ BAD_INPUTS = {
     "unknown flag": (["--bogus-flag", "1"], "Unrecognized options: --bogus-flag"),
     "missing value": (["--total-timesteps"], "Missing value for argument '--total-timesteps'"),
     "unknown env": (["--env-id", "Hoper-v4"], "did you mean Hopper-v4"),
-    "discrete actions": (["--env-id", "CartPole-v1"], "Discrete action space"),
+    "discrete actions": (["--env-id", "CartPole-v1"], "Discrete(2) action space; DACERv2 needs flat Box spaces"),
     "missing checkpoint": (["--resume", "missing.pt"], "no such file"),
     "corrupt checkpoint": (["--resume", "garbage.pt"], "cannot read checkpoint"),
     "foreign checkpoint": (["--resume", "foreign.pt"], "is not a checkpoint of this script"),
