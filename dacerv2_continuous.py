@@ -452,15 +452,19 @@ def evaluate(actor, eval_envs, device, seed):
 PLAIN_DATA = (int, float, bool, np.ndarray, np.generic, list, tuple, type(None))
 
 
+def env_layers(env):
+    """The wrappers of a sub-env, outermost first, then the env itself."""
+    while isinstance(env, gym.Wrapper):
+        yield env
+        env = env.env
+    yield env
+
+
 def env_state(env):
     """What makes a sub-env continue exactly: plain-data attributes of every wrapper (step counters, episode
     statistics) and of the env, its RNGs, and for MuJoCo envs the full integration state (mj_getState)."""
-    layers, layer = [], env
-    while True:
-        layers.append({k: copy.deepcopy(v) for k, v in vars(layer).items() if isinstance(v, PLAIN_DATA)})
-        if not isinstance(layer, gym.Wrapper):
-            break
-        layer = layer.env
+    layers = [{k: copy.deepcopy(v) for k, v in vars(layer).items() if isinstance(v, PLAIN_DATA)}
+              for layer in env_layers(env)]  # fmt: skip
     u = env.unwrapped
     state = {"layers": layers, "rng": u.np_random.bit_generator.state,
              "action_rng": env.action_space.np_random.bit_generator.state}  # fmt: skip
@@ -473,10 +477,8 @@ def env_state(env):
 
 
 def set_env_state(env, state):
-    layer = env
-    for attributes in state["layers"]:
+    for layer, attributes in zip(env_layers(env), state["layers"]):
         vars(layer).update(copy.deepcopy(attributes))
-        layer = getattr(layer, "env", layer)
     u = env.unwrapped
     u.np_random.bit_generator.state = state["rng"]
     env.action_space.np_random.bit_generator.state = state["action_rng"]
