@@ -92,7 +92,11 @@ def test_sampler_equals_literal_reference_for_same_noise(actor):
 
 
 def test_one_exp_mish_matches_torch_in_value_and_gradient():
-    x = torch.cat([torch.linspace(-30, 30, 1001), torch.tensor([-1e4, 1e4])]).requires_grad_(True)
+    """The exp2 Mish (autograd Function when training, plain formula without autograd) equals F.mish; values beyond
+    the clamp at 20 and large negatives stay finite."""
+    x = torch.cat([torch.linspace(-30, 30, 2001), torch.tensor([-1e4, 1e4])]).requires_grad_(True)
+    with torch.no_grad():
+        torch.testing.assert_close(dacer.mish(x), F.mish(x), atol=1e-6, rtol=1e-5)
     y = dacer.MishFunction.apply(x)
     (grad,) = torch.autograd.grad(y.sum(), x)
     x_ref = x.detach().clone().requires_grad_(True)
@@ -163,6 +167,18 @@ def test_q_grad_loss_target_is_minus_weighted_normalised_gradient(actor):
     assert dacer.q_grad_loss(Fixed(), quadratic_q(optimum), obs, chain, weights, normalise=False).item() > 1e-2
 
 
+def test_q_grad_loss_one_step_is_an_unbiased_estimate_of_all_steps(actor):
+    """--q-grad-one-step: one random step per state estimates the mean over all T steps without bias."""
+    torch.manual_seed(0)
+    obs, chain = torch.randn(512, 4), torch.randn(5, 512, 3)
+    weights = torch.linspace(0.2, 0.8, 5)
+    q = quadratic_q(torch.tensor([0.5, -0.3, 0.2]))
+    full = dacer.q_grad_loss(actor, q, obs, chain, weights).item()
+    draws = [dacer.q_grad_loss(actor, q, obs, chain, weights, one_step=True).item() for _ in range(100)]
+    assert abs(sum(draws) / len(draws) - full) < 0.01 * full, (full, sum(draws) / len(draws))
+    assert max(draws) - min(draws) > 0.001 * full  # it does sample different steps
+
+
 def test_dsac_critic_loss_gradients_match_closed_form():
     torch.manual_seed(0)
     B = 64
@@ -195,7 +211,7 @@ def test_twin_critic_is_two_independent_mlps():
     for i in range(2):
         h = torch.cat([obs, act], -1)
         for layer, (w, b) in enumerate(zip(critic.weights, critic.biases)):
-            h = h @ w[i] + b[i]
+            h = h @ w[i].t() + b[i]  # nn.Linear's (out, in) layout
             h = F.gelu(h) if layer < 2 else h
         torch.testing.assert_close(mu[i], h[:, 0])
         torch.testing.assert_close(sigma[i], F.softplus(h[:, 1]))
