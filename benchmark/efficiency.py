@@ -1,7 +1,9 @@
 """Paper Table 1 (efficiency): training time per iteration, single-state inference latency and the wall time of the
-GMM entropy estimate, for DACERv2 (T = 5, the script's default eta) and DACER (T = 20, --q-grad-coef 0).
+GMM entropy estimate, for DACERv2 (T = 5, the script's default eta), DACERv2 with --q-grad-one-step and DACER
+(T = 20, --q-grad-coef 0).
 
-Usage: python benchmark/efficiency.py [--env-id Hopper-v4] [--device cpu|cuda] [--json PATH] [--markdown PATH]
+Usage: python benchmark/efficiency.py [--env-id Hopper-v4] [--device cpu|cuda] [--compile] [--json PATH]
+                                      [--markdown PATH]
 
 - Training: the real training loop. dacerv2_continuous.py runs in a subprocess (in a temporary folder) with
   --log-frequency 2, and its `charts/update_ms` points are read back from the event file. Each point is the mean wall
@@ -38,8 +40,9 @@ import dacerv2_continuous as dacer  # noqa: E402
 
 SCRIPT = REPO / "dacerv2_continuous.py"
 DEFAULTS = dacer.Args()  # batch size, GMM sizes, noise scale, initial alpha and alpha interval of the script
-# name, diffusion steps T, extra flags of the training script (DACER: no Q-gradient field loss L_g)
-ALGORITHMS = (("DACERv2", 5, ()), ("DACER", 20, ("--q-grad-coef", "0")))
+# name, diffusion steps T, extra flags of the training script (DACER: no Q-gradient field loss L_g; DACERv2-1step: the
+# option that estimates L_g's expectation over the T steps with one step per state)
+ALGORITHMS = (("DACERv2", 5, ()), ("DACERv2-1step", 5, ("--q-grad-one-step",)), ("DACER", 20, ("--q-grad-coef", "0")))
 PAPER_TABLE_1 = {"DACERv2": (0.63, 7.0), "DACER": (1.60, 12.0)}  # inference ms, training ms; RTX 4090
 PAPER_HARDWARE = "AMD Ryzen Threadripper 3960X + NVIDIA RTX 4090"
 NUM_ENVS = 20  # the script's default; one iteration = one step of every env + one update
@@ -65,6 +68,9 @@ def parse_args():
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
     parser.add_argument(
         "--iterations", type=int, default=400, help="training iterations measured after the warm-up (default: 400)"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="run the sampler through torch.compile (the script's --compile)"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1, like the script)")
     parser.add_argument("--hidden-dim", type=int, default=256, help="hidden layer width (default: 256, paper)")
@@ -132,6 +138,7 @@ def training_ms(args, env_id, name, diffusion_steps, flags):
         "--eval-episodes", "1", "--alpha-update-frequency", str(NEVER), "--torch-threads", str(args.threads),
         "--hidden-dim", str(args.hidden_dim), "--num-layers", str(args.num_layers),
         "--diffusion-steps", str(diffusion_steps), *flags, "--cuda" if args.device == "cuda" else "--no-cuda",
+        *(["--compile"] if args.compile else []),
     ]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="efficiency-") as folder:
         result = subprocess.run(command, cwd=folder, capture_output=True, text=True)
@@ -197,6 +204,8 @@ def measure(args, env_id, obs_dim, act_dim, first_obs):
         points = training_ms(args, env_id, name, diffusion_steps, flags)
         torch.manual_seed(DEFAULTS.seed)
         actor = dacer.DiffusionActor(obs_dim, act_dim, args.hidden_dim, args.num_layers, diffusion_steps).to(device)
+        if args.compile:
+            dacer.compile_sampler(actor, device)
         print(f"{name}: inference ({INFER_CALLS} calls) and GMM entropy estimate ...", file=sys.stderr)
         results[name.lower()] = {
             "train_ms": statistics.median(points),
@@ -216,12 +225,16 @@ def table_rows(results):
     ours_ref, paper_ref = results["dacerv2"], PAPER_TABLE_1["DACERv2"]
     rows = [header]
     for name, _, _ in ALGORITHMS:
-        ours, (paper_infer, paper_train) = results[name.lower()], PAPER_TABLE_1[name]
+        ours = results[name.lower()]
+        paper = ["-"] * 4  # the paper has no one-step L_g
+        if name in PAPER_TABLE_1:
+            paper_infer, paper_train = PAPER_TABLE_1[name]
+            paper = [f"{paper_infer:.2f}", f"{paper_infer / paper_ref[0]:.2f}x", f"{paper_train:.1f}",
+                     f"{paper_train / paper_ref[1]:.2f}x"]  # fmt: skip
         rows.append([
             name, f"{ours['infer_ms']:.2f}", f"{ours['infer_ms'] / ours_ref['infer_ms']:.2f}x",
             f"{ours['train_ms']:.2f}", f"{ours['train_ms'] / ours_ref['train_ms']:.2f}x", f"{ours['entropy_s']:.3f}",
-            f"{paper_infer:.2f}", f"{paper_infer / paper_ref[0]:.2f}x", f"{paper_train:.1f}",
-            f"{paper_train / paper_ref[1]:.2f}x",
+            *paper,
         ])  # fmt: skip
     return rows
 
@@ -231,12 +244,14 @@ def notes(args, env_id, device_text, results):
     amortised = {name: 1000 * r["entropy_s"] / DEFAULTS.alpha_update_frequency for name, r in results.items()}
     return [
         f"Environment {env_id}, networks of {args.num_layers} hidden layers of {args.hidden_dim}, batch "
-        f"{DEFAULTS.batch_size}; device: {device_text}; torch {torch.__version__}. Paper: {PAPER_HARDWARE}.",
+        f"{DEFAULTS.batch_size}; device: {device_text}; torch {torch.__version__}; sampler "
+        f"{'compiled (--compile)' if args.compile else 'eager'}. Paper: {PAPER_HARDWARE}.",
         f"Training ms per iteration: median of {args.iterations // LOG_FREQUENCY} `charts/update_ms` points of the "
         f"real training loop, each the mean of one policy iteration and one critic-only iteration ({args.iterations} "
         f"iterations after {WARMUP_ITERATIONS} warm-up iterations); the update step only (batch sampling, critic, "
-        f"alpha, actor, target updates), env stepping excluded. Means: {results['dacerv2']['train_ms_mean']:.2f} "
-        f"(DACERv2), {results['dacer']['train_ms_mean']:.2f} (DACER).",
+        f"alpha, actor, target updates), env stepping excluded. Means: "
+        + ", ".join(f"{results[name.lower()]['train_ms_mean']:.2f} ({name})" for name, _, _ in ALGORITHMS) + ". "
+        "DACERv2-1step is DACERv2 with --q-grad-one-step (L_g on one random step per state instead of all T).",
         f"Inference ms: median of {INFER_CALLS} calls of `DiffusionActor.sample` on a single state.",
         f"The periodic GMM entropy estimate is excluded from the training time and reported separately "
         f"({DEFAULTS.batch_size} states x {DEFAULTS.gmm_samples} actions x {DEFAULTS.gmm_components} components, "
@@ -272,7 +287,7 @@ def main():
         Path(args.markdown).write_text(render_markdown(rows) + "\n\n" + "\n".join(f"- {line}" for line in lines) + "\n")
     if args.json:
         summary = {"device": device_text, "torch": torch.__version__, "env_id": env_id, "threads": args.threads}
-        summary |= {key: getattr(args, key) for key in ("iterations", "hidden_dim", "num_layers")}
+        summary |= {key: getattr(args, key) for key in ("iterations", "hidden_dim", "num_layers", "compile")}
         Path(args.json).write_text(json.dumps({**summary, **results}, indent=2) + "\n")
 
 

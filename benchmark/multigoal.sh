@@ -7,6 +7,7 @@ SEEDS="1"
 ENVS="MultiGoal4-v0 MultiGoal5-v0 MultiGoal6-v0"
 TOTAL_TIMESTEPS=2000000 # 100,000 iterations x 20 envs (the paper gives no budget; ALGORITHM.md section 8)
 OUT_DIR="results/multigoal"
+ETA="" # DACERv2's eta: empty = the script's default for MultiGoal
 
 usage() {
     cat <<EOF
@@ -15,7 +16,7 @@ Usage: bash benchmark/multigoal.sh [OPTIONS] [-- TRAINING FLAGS...]
 Train on the multi-goal task (paper Fig. 2), every env x seed x algorithm in its own process, each with
 --total-timesteps $TOTAL_TIMESTEPS --save-model (a later --total-timesteps after -- overrides the budget).
 Algorithms (run names use them as exp_name):
-  dacerv2   DACERv2 with the paper's defaults (T = 5, eta = 1)
+  dacerv2   DACERv2 (T = 5) with the script's MultiGoal eta (100; see README "Multimodality"), or --eta
   dacer     the DACER baseline: --diffusion-steps 20 --q-grad-coef 0
 Afterwards (also when some runs failed) the checkpoints under runs/ are evaluated with
   \$PYTHON benchmark/multigoal_report.py runs --out OUT
@@ -25,6 +26,7 @@ coverage uniformity, min/max ratio).
 Options:
   --envs "ENV ..."    multi-goal env ids (default: "$ENVS")
   --out DIR           where the figure and table go (default: $OUT_DIR)
+  --eta ETA           DACERv2's Q-gradient coefficient (e.g. 1, paper Table 5 as reconstructed); DACER keeps 0
 EOF
     launch_common_help
     cat <<EOF
@@ -38,6 +40,7 @@ handle_option() {
     case "$1" in
         --envs) ENVS="$2" ;;
         --out) OUT_DIR="$2" ;;
+        --eta) ETA="$2" ;;
         *) return 1 ;;
     esac
 }
@@ -46,10 +49,12 @@ launch_parse_args "$@"
 for env in $ENVS; do
     [[ $env =~ ^MultiGoal[456]?-v0$ ]] || launch_die "'$env' is not MultiGoal-v0 or MultiGoal{4,5,6}-v0"
 done
+[[ -z $ETA || $ETA =~ ^[0-9]+([.][0-9]+)?$ ]] || launch_die "--eta must be a non-negative number, got '$ETA'"
 run_flags=(--total-timesteps "$TOTAL_TIMESTEPS" --save-model)
+eta_flags=(${ETA:+--q-grad-coef "$ETA"})
 for seed in $SEEDS; do
     for env in $ENVS; do
-        add_job "$env" dacerv2 "$seed" "${run_flags[@]}"
+        add_job "$env" dacerv2 "$seed" "${eta_flags[@]}" "${run_flags[@]}"
         add_job "$env" dacer "$seed" --diffusion-steps 20 --q-grad-coef 0 "${run_flags[@]}"
     done
 done

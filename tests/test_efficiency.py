@@ -10,7 +10,7 @@ import pytest
 import torch
 
 EFFICIENCY = str(Path(__file__).resolve().parents[1] / "benchmark" / "efficiency.py")
-ALGORITHMS = ("DACERv2", "DACER")
+ALGORITHMS = ("DACERv2", "DACERv2-1step", "DACER")
 
 
 def run(args, cwd):
@@ -36,8 +36,8 @@ def tiny(tmp_path_factory):
 def test_json_has_the_schema_and_positive_finite_times(tiny):
     _, summary, _ = tiny
     assert isinstance(summary["device"], str) and summary["device"]
-    assert summary["env_id"] == "Pendulum-v1" and summary["iterations"] == 20
-    for name in ("dacerv2", "dacer"):
+    assert summary["env_id"] == "Pendulum-v1" and summary["iterations"] == 20 and summary["compile"] is False
+    for name in ("dacerv2", "dacerv2-1step", "dacer"):
         for key in ("train_ms", "infer_ms", "entropy_s"):
             value = summary[name][key]
             assert isinstance(value, float) and math.isfinite(value) and value > 0, (name, key, value)
@@ -45,13 +45,14 @@ def test_json_has_the_schema_and_positive_finite_times(tiny):
     assert summary["dacerv2"]["diffusion_steps"] == 5 and summary["dacer"]["diffusion_steps"] == 20
 
 
-def test_printed_table_and_markdown_have_both_rows(tiny):
+def test_printed_table_and_markdown_have_every_row(tiny):
     result, summary, markdown = tiny
     rows = table_rows(result.stdout)
     assert set(rows) == set(ALGORITHMS)
     assert rows["DACERv2"][2] == "1.00x" and rows["DACERv2"][4] == "1.00x"  # normalised to DACERv2
     assert float(rows["DACER"][1]) == pytest.approx(summary["dacer"]["infer_ms"], abs=0.01)
     assert "0.63" in rows["DACERv2"] and "12.0" in rows["DACER"]  # the paper's numbers beside ours
+    assert rows["DACERv2-1step"][-4:] == ["-"] * 4  # the paper has no one-step L_g
     assert "GMM entropy estimate is excluded from the training time" in result.stdout
     for name in ALGORITHMS:
         assert f"| {name} |" in markdown

@@ -244,6 +244,16 @@ def test_multigoal_sh_dry_run(tmp_path):
     assert len(five) == 30
 
 
+def test_multigoal_sh_eta_goes_to_dacerv2_only(tmp_path):
+    result = multigoal_sh("--dry-run", "--envs", "MultiGoal6-v0", "--eta", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    dacerv2, baseline = [shlex.split(line) for line in result.stdout.splitlines()]
+    assert dacerv2[dacerv2.index("--q-grad-coef") + 1] == "1" and "dacerv2" in dacerv2
+    assert baseline[baseline.index("--q-grad-coef") + 1] == "0" and baseline.count("--q-grad-coef") == 1
+    bad = multigoal_sh("--dry-run", "--eta", "-3", cwd=tmp_path)
+    assert bad.returncode == 2 and "--eta must be a non-negative number" in bad.stderr and bad.stdout == ""
+
+
 def test_multigoal_sh_help_and_bad_env(tmp_path):
     help_result = multigoal_sh("--help", cwd=tmp_path)
     assert help_result.returncode == 0 and all(f in help_result.stdout for f in ["--dry-run", "--workers", "--out"])

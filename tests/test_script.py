@@ -93,6 +93,7 @@ def test_multigoal_run_reports_multimodality(tmp_path):
     result = run(["--env-id", "MultiGoal6-v0", "--no-cuda", *TINY], tmp_path)
     assert result.returncode == 0, result.stderr
     assert "multimodality (100 trajectories from the origin)" in result.stdout
+    assert "q_grad_coef (eta) = 100.0 for MultiGoal" in result.stdout  # our choice for Fig. 2 (README)
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert (run_dir / "multimodality.png").stat().st_size > 0
     scalars = read_events(run_dir).Tags()["scalars"]
