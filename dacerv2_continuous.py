@@ -332,10 +332,10 @@ class DiffusionActor(nn.Module):
             chain[j] = x
             eps = self.predict_noise(base[j], w_x, x)
             # clipped predicted clean action x0 = clip(x / sqrt(kb_j) - eps sqrt(1/kb_j - 1), -1, 1)
-            x0 = torch.add(x * self.coef_x0_x[j], eps, alpha=-self.coef_x0_eps[j]).clamp(-1.0, 1.0)
+            x0 = torch.add(x * self.coef_x0_x[j], eps, alpha=-self.coef_x0_eps[j]).clamp_(-1.0, 1.0)
             x = torch.add(x0 * self.coef_mu_x0[j], x, alpha=self.coef_mu_x[j])  # posterior mean c1 x0 + c2 x
             if j > 0:  # c1_0 = 1, c2_0 = 0: the last step returns x0
-                x = torch.add(x, noise[j], alpha=self.posterior_std[j])
+                x.add_(noise[j], alpha=self.posterior_std[j])  # in place: fresh tensors, fewer allocations
         return (x, torch.stack(chain)) if keep_chain else x
 
 
