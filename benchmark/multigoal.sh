@@ -5,7 +5,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
 
 SEEDS="1"
 ENVS="MultiGoal4-v0 MultiGoal5-v0 MultiGoal6-v0"
-TOTAL_TIMESTEPS=2000000 # 100,000 iterations x 20 envs (the paper gives no budget; ALGORITHM.md section 8)
+TOTAL_TIMESTEPS=200000 # 10,000 iterations x 20 envs: the budget of README "Multimodality" (the paper gives none)
 OUT_DIR="results/multigoal"
 ETA="" # DACERv2's eta: empty = the script's default for MultiGoal
 

@@ -232,7 +232,7 @@ def test_multigoal_sh_dry_run(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = [shlex.split(line) for line in result.stdout.splitlines()]
     assert len(lines) == 6 and not (tmp_path / "logs").exists()
-    budget = ["--total-timesteps", "2000000", "--save-model", "--total-timesteps", "5000"]  # the last one wins
+    budget = ["--total-timesteps", "200000", "--save-model", "--total-timesteps", "5000"]  # the last one wins
     expected = []
     for env in ["MultiGoal4-v0", "MultiGoal5-v0", "MultiGoal6-v0"]:
         common = ["python", SCRIPT, "--env-id", env, "--seed", "1", "--exp-name"]
