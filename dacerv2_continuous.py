@@ -740,7 +740,8 @@ if __name__ == "__main__":
             critic.load_state_dict(checkpoint["critic"])
             critic_target.load_state_dict(checkpoint["critic_target"])
         except RuntimeError:
-            fail("--resume: the checkpoint's networks do not match these arguments (env, sizes, diffusion steps)")
+            fail("--resume: the checkpoint's networks do not match these arguments (env, sizes, diffusion steps) "
+                 "or this version of the script")
         for optimizer, name, lr in ((q_optimizer, "q_optimizer", args.q_lr), (actor_optimizer, "actor_optimizer",
                                      args.policy_lr), (alpha_optimizer, "alpha_optimizer", args.alpha_lr)):  # fmt: skip
             optimizer.load_state_dict(checkpoint[name])

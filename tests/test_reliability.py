@@ -114,6 +114,22 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert result.returncode == 3 and "non-finite losses/" in result.stderr and "no checkpoint" in result.stderr
 
 
+def test_resume_refuses_a_checkpoint_with_other_networks_in_one_line(tmp_path):
+    """E.g. a checkpoint of an older version, whose twin critic stored its weights as (in, out)."""
+    assert run([*PENDULUM, "--total-timesteps", "400", "--save-model"], tmp_path).returncode == 0
+    checkpoint = torch.load(only_checkpoint(tmp_path), weights_only=False)
+    for critic in ("critic", "critic_target"):
+        weights = [k for k in checkpoint[critic] if k.startswith("weights.")]
+        checkpoint[critic] |= {k: checkpoint[critic][k].transpose(1, 2).contiguous() for k in weights}
+    torch.save(checkpoint, tmp_path / "old.pt")
+    result = run(["--resume", "old.pt", "--total-timesteps", "800"], tmp_path)
+    errors = [line for line in result.stderr.splitlines() if "Warn" not in line and "warn(" not in line]  # gymnasium's
+    assert result.returncode == 2 and "Traceback" not in result.stderr and errors == [
+        "error: --resume: the checkpoint's networks do not match these arguments (env, sizes, diffusion steps) or "
+        "this version of the script"
+    ]
+
+
 BAD_INPUTS = {
     "zero envs": (["--num-envs", "0"], "--num-envs must be positive"),
     "zero batch": (["--batch-size", "0"], "--batch-size must be positive"),
