@@ -125,6 +125,11 @@ Q_GRAD_COEF = {
 DEFAULT_Q_GRAD_COEF = 1.0
 
 
+def error_summary(error, limit=None):
+    """`Type: first line of the message` of an exception (the message cut at limit characters), for one-line errors."""
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:limit]}"
+
+
 def fail(message):
     """Bad user input: one line on stderr, exit status 2, no traceback."""
     print(f"error: {message}", file=sys.stderr)
@@ -350,18 +355,12 @@ def compile_sampler(actor, device):
     torch._inductor.config.cpp_wrapper = device.type == "cpu"
     torch._inductor.config.fallback_random = True  # torch's own random streams, as without --compile
     compiled = torch.compile(actor.sample, dynamic=False)
-    rng_state = torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
     try:  # compile the batch-1 graph now, so that a platform without torch.compile fails here and not mid-run
-        with torch.no_grad():
-            compiled(torch.zeros(1, actor.obs_dim, device=device))
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            compiled(torch.zeros(1, actor.obs_dim, device=device))  # draws no random numbers of the run
     except Exception as e:
-        print(f"--compile: torch.compile does not work here ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}); "
-              "the sampler runs eagerly")  # fmt: skip
+        print(f"--compile: torch.compile does not work here ({error_summary(e)}); the sampler runs eagerly")
         return
-    finally:  # the probe call draws no random numbers of the run
-        torch.set_rng_state(rng_state[0])
-        if rng_state[1] is not None:
-            torch.cuda.set_rng_state(rng_state[1], device)
     torch._dynamo.config.suppress_errors = True  # a later graph that fails to compile runs eagerly
     actor.sample = compiled
 
@@ -562,7 +561,7 @@ def load_checkpoint(path):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unreadable, truncated or not a torch file
-        fail(f"--resume: cannot read checkpoint {path!r} ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:100]})")
+        fail(f"--resume: cannot read checkpoint {path!r} ({error_summary(e, 100)})")
     missing = CHECKPOINT_KEYS - set(checkpoint) if isinstance(checkpoint, dict) else CHECKPOINT_KEYS
     if missing:
         fail(f"--resume: {path!r} is not a checkpoint of this script (missing {', '.join(sorted(missing))})")
@@ -664,7 +663,7 @@ if __name__ == "__main__":
     try:
         probe = gym.make(env_id)
     except Exception as e:  # e.g. a missing optional dependency of the env
-        fail(f"cannot make {env_id}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:150]}")
+        fail(f"cannot make {env_id}: {error_summary(e, 150)}")
     spaces = (probe.observation_space, probe.action_space)
     if not all(isinstance(space, gym.spaces.Box) and len(space.shape) == 1 for space in spaces):
         fail(f"{env_id} has {spaces[0]} observations and a {spaces[1]} action space; DACERv2 needs flat Box spaces")

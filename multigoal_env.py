@@ -298,11 +298,6 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be evaluated; the message is one line for the user."""
 
 
-def _first_line(error):
-    """`Type: first line of the message` of an exception, at most 100 characters of message."""
-    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:100]}"
-
-
 def load_actor(path):
     """Load a checkpoint of dacerv2_continuous.py trained on a multi-goal env; return (actor, num_goals, checkpoint).
 
@@ -319,7 +314,7 @@ def load_actor(path):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, not a torch file, or objects weights_only refuses
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r} ({_first_line(error)})") from None
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r} ({dacer.error_summary(error, 100)})") from None
     if not isinstance(checkpoint, dict) or "actor" not in checkpoint or not isinstance(checkpoint.get("args"), dict):
         raise CheckpointError(f"{str(path)!r} is not a checkpoint of dacerv2_continuous.py (no 'actor' and 'args')")
     args = checkpoint["args"]
@@ -332,7 +327,8 @@ def load_actor(path):
         actor = dacer.DiffusionActor(2, 2, args["hidden_dim"], args["num_layers"], args["diffusion_steps"])
         actor.load_state_dict(checkpoint["actor"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:  # missing sizes or mismatching weights
-        raise CheckpointError(f"cannot build the actor of {str(path)!r} ({_first_line(error)})") from None
+        message = f"cannot build the actor of {str(path)!r} ({dacer.error_summary(error, 100)})"
+        raise CheckpointError(message) from None
     return actor, num_goals, checkpoint
 
 

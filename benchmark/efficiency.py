@@ -103,7 +103,7 @@ def env_dims(env_id):
     try:
         env = gym.make(env_id)
     except Exception as e:  # e.g. a missing optional dependency of the env
-        dacer.fail(f"cannot make {env_id}: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:150]}")
+        dacer.fail(f"cannot make {env_id}: {dacer.error_summary(e, 150)}")
     if not (isinstance(env.observation_space, gym.spaces.Box) and isinstance(env.action_space, gym.spaces.Box)):
         dacer.fail(f"{env_id}: DACERv2 needs Box observation and action spaces")
     obs, _ = env.reset(seed=0)
