@@ -273,9 +273,12 @@ class MishFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        x, t, e = ctx.saved_tensors
-        sigmoid = e.div(e + 1)  # d/dx = t + x sech^2(softplus(x)) sigmoid(x)
-        return (1 - t * t).mul_(x).mul_(sigmoid).add_(t).mul_(grad)
+        return mish_slope(*ctx.saved_tensors).mul_(grad)
+
+
+def mish_slope(x, t, e):
+    """dMish/dx = t + x sech^2(softplus(x)) sigmoid(x), from t = tanh(softplus(x)) and e = exp(x)."""
+    return (1 - t * t).mul_(x).mul_(e.div(e + 1)).add_(t)
 
 
 def mish(x):
@@ -284,6 +287,41 @@ def mish(x):
     if x.is_cuda or x.numel() <= 1024:
         return F.mish(x)
     return MishFunction.apply(x) if torch.is_grad_enabled() else x * exp_and_tanh_softplus(x)[1]
+
+
+class NoisePredictionForBothLosses(torch.autograd.Function):
+    """eps_theta(s, x_j, j) at one step of the training chain, computed once and returned twice: for L_q, whose
+    gradient reaches theta and, through x_j, the earlier steps; and for L_g, which treats x_j as data (its gradient
+    reaches theta only). Same gradients as a second forward pass on the detached x_j, without that pass: the backward
+    carries both output gradients through the trunk as one (2, B, .) batch and forms the weight gradients once."""
+
+    @staticmethod
+    def forward(ctx, base_j, w_x, x, *trunk_params):  # trunk_params: weight, bias of each trunk layer
+        ctx.set_materialize_grads(False)
+        h, weights, mish_hs, slopes = base_j + F.linear(x, w_x), trunk_params[0::2], [], []
+        for weight, bias in zip(weights, trunk_params[1::2]):
+            e, t = exp_and_tanh_softplus(h)
+            mish_hs.append(h * t)
+            slopes.append(mish_slope(h, t, e))
+            h = F.linear(mish_hs[-1], weight, bias)
+        ctx.save_for_backward(w_x, x, *weights, *mish_hs, *slopes)
+        return h, h.clone()
+
+    @staticmethod
+    def backward(ctx, grad_q, grad_g):
+        w_x, x, *saved = ctx.saved_tensors
+        n = len(saved) // 3
+        layers = [saved[i::n] for i in range(n)]  # (weight, Mish(h), slope) of each trunk layer
+        if grad_q is None or grad_g is None:  # one loss only (DACER has no L_g)
+            grad = (grad_g if grad_q is None else grad_q)[None]
+        else:  # row 0: L_q's gradient alone (for x_j); row 1: both losses' (for theta)
+            grad = torch.stack([grad_q, grad_q + grad_g])
+        param_grads = []
+        for weight, mish_h, slope in reversed(layers):
+            param_grads = [grad[-1].t() @ mish_h, grad[-1].sum(0), *param_grads]
+            grad = torch.matmul(grad, weight).mul_(slope)  # back through the layer and the Mish before it
+        grad_x = None if grad_q is None else grad[0] @ w_x
+        return grad[-1], grad[-1].t() @ x, grad_x, *param_grads
 
 
 class DiffusionActor(nn.Module):
@@ -327,21 +365,26 @@ class DiffusionActor(nn.Module):
         """Reverse DDPM chain, j = T-1 .. 0 (ALGORITHM.md §1.2), differentiable end to end.
 
         noise (T, B, d): noise[0] is the initial x ~ N(0, I), noise[j] the step noise z_j (step 0 adds none).
-        Returns a0 in [-1, 1] and, with keep_chain, the chain inputs x_j stacked as (T, B, d) (index j).
+        Returns a0 in [-1, 1] and, with keep_chain, the chain inputs x_j and the noise predictions eps_theta(s, x_j, j)
+        for L_g (gradient to theta only, x_j as data), each stacked as (T, B, d) (index j).
         """
         if noise is None:
             noise = torch.randn(self.T, obs.shape[0], self.act_dim, device=obs.device)
         base, w_x = self.first_layer(obs)
-        x, chain = noise[0], [None] * self.T
+        trunk_params = [p for layer in self.trunk for p in (layer.weight, layer.bias)]
+        x, chain, eps_for_g = noise[0], [None] * self.T, [None] * self.T
         for j in reversed(range(self.T)):
             chain[j] = x
-            eps = self.predict_noise(base[j], w_x, x)
+            if keep_chain:
+                eps, eps_for_g[j] = NoisePredictionForBothLosses.apply(base[j], w_x, x, *trunk_params)
+            else:
+                eps = self.predict_noise(base[j], w_x, x)
             # clipped predicted clean action x0 = clip(x / sqrt(kb_j) - eps sqrt(1/kb_j - 1), -1, 1)
             x0 = torch.add(x * self.coef_x0_x[j], eps, alpha=-self.coef_x0_eps[j]).clamp_(-1.0, 1.0)
             x = torch.add(x0 * self.coef_mu_x0[j], x, alpha=self.coef_mu_x[j])  # posterior mean c1 x0 + c2 x
             if j > 0:  # c1_0 = 1, c2_0 = 0: the last step returns x0
                 x.add_(noise[j], alpha=self.posterior_std[j])  # in place: fresh tensors, fewer allocations
-        return (x, torch.stack(chain)) if keep_chain else x
+        return (x, torch.stack(chain), torch.stack(eps_for_g)) if keep_chain else x
 
 
 def compile_sampler(actor, device):
@@ -396,25 +439,24 @@ def dsac_critic_loss(mu, sigma, y, y_sample, omega, eps=0.1):
     return -(omega.squeeze(1) ** 2 + eps) * (mean_term + std_term).mean(1)  # (2,): one loss per critic
 
 
-def q_grad_loss(actor, q_fn, obs, chain, weights, normalise=True, one_step=False):
-    """Q-gradient field loss L_g (paper Eqs. 11-13; ALGORITHM.md §4.2) over the chain's intermediate actions.
+def q_grad_loss(eps, q_fn, obs, chain, weights, normalise=True, one_step=False):
+    """Q-gradient field loss L_g (paper Eqs. 11-13; ALGORITHM.md §4.2) over the chain's intermediate actions x_j.
 
-    With S_theta = -eps_theta read as a score, || w_j grad_a Q_norm - S_theta ||^2 = || eps_theta + w_j g_hat ||^2,
-    averaged over all T steps (the exact expectation over t ~ U(1, T)), or with one_step over one random step j per
-    state (an unbiased estimate of it, at 1/T of the cost). Inputs and target are detached.
+    eps (T, B, d): eps_theta(s, x_j, j) with x_j as data (DiffusionActor.sample's keep_chain). With S_theta = -eps_theta
+    read as a score, || w_j grad_a Q_norm - S_theta ||^2 = || eps_theta + w_j g_hat ||^2, averaged over all T steps
+    (the exact expectation over t ~ U(1, T)), or with one_step over one random step j per state (an unbiased estimate
+    of it, at 1/T of the critic's cost). The target is detached.
     """
     T, B, d = chain.shape
-    base, w_x = actor.first_layer(obs)  # (T, B, H): the state part once for all T steps
     if one_step:
         j, rows = torch.randint(T, (1, B), device=obs.device), torch.arange(B, device=obs.device)
-        chain, base, weights = chain[j, rows], base[j, rows], weights[j][..., None]  # (1, B, .): step j of each state
+        chain, eps, weights = chain[j, rows], eps[j, rows], weights[j][..., None]  # (1, B, .): step j of each state
     else:
         obs, weights = obs.repeat(T, 1), weights[:, None, None]
     x = chain.detach().requires_grad_(True)
     (grad_q,) = torch.autograd.grad(q_fn(obs, x.view(-1, d)).sum(), x)  # like x: (T or 1, B, d)
     if normalise:
         grad_q = grad_q / (grad_q.norm(dim=-1, keepdim=True) + 1e-6)
-    eps = actor.predict_noise(base, w_x, x.detach())  # eps_theta(s, x_j, j)
     return ((eps + weights * grad_q) ** 2).mean()
 
 
@@ -863,13 +905,13 @@ if __name__ == "__main__":
 
         if iteration % args.policy_frequency == 0:
             critic.requires_grad_(False)  # the actor step optimises theta only
-            a0, chain = actor.sample(b_obs, keep_chain=True)
+            a0, chain, eps = actor.sample(b_obs, keep_chain=True)  # chain inputs x_j and eps_theta(s, x_j, j)
             pi = (a0 + args.noise_scale * alpha * torch.randn_like(a0)).clamp(-1.0, 1.0)
             actor_loss = -critic(b_obs, pi)[0].min(0).values.mean()  # L_q (paper Eq. 15)
             if q_grad_coef > 0:
                 q_min = lambda s, a: critic(s, a)[0].min(0).values  # noqa: E731
-                g_loss = q_grad_loss(actor, q_min, b_obs, chain, q_grad_weights, args.q_grad_norm,
-                                    args.q_grad_one_step)
+                g_loss = q_grad_loss(eps, q_min, b_obs, chain, q_grad_weights, args.q_grad_norm,
+                                     args.q_grad_one_step)
                 actor_loss = actor_loss + q_grad_coef * g_loss  # L_pi = L_q + eta L_g (paper Eq. 15)
                 logged["losses/q_grad_loss"] = g_loss.detach()
             actor_optimizer.zero_grad(set_to_none=True)

@@ -58,26 +58,33 @@ def test_sampler_bounds_and_shapes(actor):
         a0 = actor.sample(torch.randn(batch, 4) * 10)
         assert a0.shape == (batch, 3)
         assert a0.abs().max() <= 1.0
-    a0, chain = actor.sample(torch.randn(5, 4), keep_chain=True)
-    assert chain.shape == (5, 5, 3)
+    a0, chain, eps = actor.sample(torch.randn(5, 4), keep_chain=True)
+    assert chain.shape == eps.shape == (5, 5, 3)
     executed = dacer.explore(actor, torch.randn(300, 4), alpha=torch.tensor(100.0), noise_scale=0.1)
     assert executed.abs().max() <= 1.0 and (executed.abs() == 1.0).any()
 
 
-def reference_sample(actor, obs, noise):
-    """ALGORITHM.md §1.2 written out literally: the network on the concatenated input [s, x, e(j)] at every step."""
+def reference_noise_prediction(actor, obs, x, j):
+    """eps_theta(s, x, j) written out literally: the network on the concatenated input [s, x, e(j)]."""
+    emb = actor.time_out(F.mish(actor.time_in(actor.time_sinusoid[j]))).expand(len(obs), -1)
+    h = actor.input_layer(torch.cat([obs, x, emb], -1))
+    for layer in actor.trunk:
+        h = layer(F.mish(h))
+    return h
+
+
+def reference_sample(actor, obs, noise, keep_chain=False):
+    """ALGORITHM.md §1.2 written out literally; with keep_chain also the chain inputs x_j, stacked (T, B, d)."""
     s = dacer.vp_schedule(actor.T)
-    x = noise[0]
+    x, chain = noise[0], [None] * actor.T
     for j in reversed(range(actor.T)):
-        emb = actor.time_out(F.mish(actor.time_in(actor.time_sinusoid[j]))).expand(len(obs), -1)
-        h = actor.input_layer(torch.cat([obs, x, emb], -1))
-        for layer in actor.trunk:
-            h = layer(F.mish(h))
+        chain[j] = x
+        h = reference_noise_prediction(actor, obs, x, j)
         x0 = (x / math.sqrt(s["kappa_bar"][j]) - h * math.sqrt(1 / s["kappa_bar"][j] - 1)).clamp(-1, 1)
         x = s["posterior_c1"][j] * x0 + s["posterior_c2"][j] * x
         if j > 0:
             x = x + s["posterior_std"][j] * noise[j]
-    return x
+    return (x, torch.stack(chain)) if keep_chain else x
 
 
 def test_sampler_equals_literal_reference_for_same_noise(actor):
@@ -122,8 +129,8 @@ def train_on_q_grad_loss_only(actor, q_fn, steps=300):
     weights = torch.exp(torch.tensor(dacer.time_weight_coefficients(5)[0]) * torch.arange(5) + dacer.time_weight_coefficients(5)[1])
     opt = torch.optim.Adam(actor.parameters(), lr=1e-3)
     for _ in range(steps):
-        _, chain = actor.sample(obs, keep_chain=True)
-        loss = dacer.q_grad_loss(actor, q_fn, obs, chain, weights)
+        _, chain, eps = actor.sample(obs, keep_chain=True)
+        loss = dacer.q_grad_loss(eps, q_fn, obs, chain, weights)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -147,24 +154,46 @@ def test_q_grad_loss_sign_moves_samples_up_the_q_gradient(actor):
     assert after_flipped < before - 0.1, (before, after_flipped)
 
 
-def test_q_grad_loss_target_is_minus_weighted_normalised_gradient(actor):
-    """With the network output forced to -w_j * g_hat, L_g is zero; the gradient is normalised per sample."""
+def test_q_grad_loss_target_is_minus_weighted_normalised_gradient():
+    """With the noise prediction equal to -w_j * g_hat, L_g is zero; the gradient is normalised per sample."""
     obs, chain = torch.randn(8, 4), torch.randn(5, 8, 3) * 3
     optimum = torch.tensor([0.5, -0.3, 0.2])
     weights = torch.linspace(0.2, 0.8, 5)
     grad = -2 * (chain - optimum)
     target = -weights[:, None, None] * grad / (grad.norm(dim=-1, keepdim=True) + 1e-6)
+    assert dacer.q_grad_loss(target, quadratic_q(optimum), obs, chain, weights).item() < 1e-10
+    assert dacer.q_grad_loss(target, quadratic_q(optimum), obs, chain, weights, normalise=False).item() > 1e-2
 
-    class Fixed(torch.nn.Module):  # a "network" whose noise prediction is the target itself
-        def first_layer(self, obs):
-            return None, None
 
-        def predict_noise(self, base, w_x, x):
-            assert x.shape == (5, 8, 3) and not x.requires_grad
-            return target
-
-    assert dacer.q_grad_loss(Fixed(), quadratic_q(optimum), obs, chain, weights).item() < 1e-10
-    assert dacer.q_grad_loss(Fixed(), quadratic_q(optimum), obs, chain, weights, normalise=False).item() > 1e-2
+def test_shared_chain_forward_gives_the_reference_actor_gradient(actor):
+    """The training chain's noise predictions serve both losses (NoisePredictionForBothLosses): the gradient of
+    L_pi = L_q + eta L_g equals the literal computation, where L_g runs the network again on the detached x_j."""
+    torch.manual_seed(1)
+    obs, noise = torch.randn(64, 4), torch.randn(5, 64, 3)
+    weights = torch.linspace(0.2, 0.8, 5)
+    q = quadratic_q(torch.tensor([0.5, -0.3, 0.2]))
+    params = list(actor.parameters())
+    for one_step in (False, True):
+        a0, chain, eps = actor.sample(obs, noise, keep_chain=True)
+        torch.manual_seed(2)  # one_step: the same random steps in both computations
+        loss = -q(obs, a0).mean() + 10.0 * dacer.q_grad_loss(eps, q, obs, chain, weights, one_step=one_step)
+        grads = torch.autograd.grad(loss, params)
+        a0_ref, chain_ref = reference_sample(actor, obs, noise, keep_chain=True)
+        eps_ref = torch.stack([reference_noise_prediction(actor, obs, chain_ref[j].detach(), j) for j in range(5)])
+        torch.manual_seed(2)
+        loss_ref = -q(obs, a0_ref).mean() + 10.0 * dacer.q_grad_loss(eps_ref, q, obs, chain_ref, weights,
+                                                                      one_step=one_step)  # fmt: skip
+        torch.testing.assert_close(loss, loss_ref, atol=1e-5, rtol=1e-5)
+        for grad, grad_ref in zip(grads, torch.autograd.grad(loss_ref, params)):
+            torch.testing.assert_close(grad, grad_ref, atol=1e-5, rtol=1e-4)
+    # L_q alone (no gradient reaches the L_g output) and L_g alone (no gradient reaches a0) take the same path
+    for only_q in (True, False):
+        a0, chain, eps = actor.sample(obs, noise, keep_chain=True)
+        a0_ref, chain_ref = reference_sample(actor, obs, noise, keep_chain=True)
+        eps_ref = torch.stack([reference_noise_prediction(actor, obs, chain_ref[j].detach(), j) for j in range(5)])
+        loss, loss_ref = (a0.sum(), a0_ref.sum()) if only_q else (eps.sum(), eps_ref.sum())
+        for grad, grad_ref in zip(torch.autograd.grad(loss, params), torch.autograd.grad(loss_ref, params)):
+            torch.testing.assert_close(grad, grad_ref, atol=1e-5, rtol=1e-4)
 
 
 def test_q_grad_loss_one_step_is_an_unbiased_estimate_of_all_steps(actor):
@@ -173,8 +202,10 @@ def test_q_grad_loss_one_step_is_an_unbiased_estimate_of_all_steps(actor):
     obs, chain = torch.randn(512, 4), torch.randn(5, 512, 3)
     weights = torch.linspace(0.2, 0.8, 5)
     q = quadratic_q(torch.tensor([0.5, -0.3, 0.2]))
-    full = dacer.q_grad_loss(actor, q, obs, chain, weights).item()
-    draws = [dacer.q_grad_loss(actor, q, obs, chain, weights, one_step=True).item() for _ in range(100)]
+    with torch.no_grad():
+        eps = actor.predict_noise(*actor.first_layer(obs), chain)  # eps_theta(s, x_j, j) for all j: (5, 512, 3)
+    full = dacer.q_grad_loss(eps, q, obs, chain, weights).item()
+    draws = [dacer.q_grad_loss(eps, q, obs, chain, weights, one_step=True).item() for _ in range(100)]
     assert abs(sum(draws) / len(draws) - full) < 0.01 * full, (full, sum(draws) / len(draws))
     assert max(draws) - min(draws) > 0.001 * full  # it does sample different steps
 

@@ -32,11 +32,12 @@ def test_compiled_sampler_matches_eager(tmp_path, monkeypatch):
         torch.manual_seed(1)
         torch.testing.assert_close(compiled_actions, eager.sample(obs), atol=1e-5, rtol=1e-5)
     noise = torch.randn(5, 16, 3)
-    a, chain = actor.sample(obs, noise, keep_chain=True)
-    a_ref, chain_ref = eager.sample(obs, noise, keep_chain=True)
+    a, chain, eps = actor.sample(obs, noise, keep_chain=True)
+    a_ref, chain_ref, eps_ref = eager.sample(obs, noise, keep_chain=True)
     torch.testing.assert_close(chain, chain_ref, atol=1e-5, rtol=1e-5)
-    (a**2).sum().backward()
-    (a_ref**2).sum().backward()
+    torch.testing.assert_close(eps, eps_ref, atol=1e-5, rtol=1e-5)
+    ((a**2).sum() + (eps**2).sum()).backward()
+    ((a_ref**2).sum() + (eps_ref**2).sum()).backward()
     for p, p_ref in zip(actor.parameters(), eager.parameters()):
         torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-4, rtol=1e-4)
     with torch.no_grad():  # an optimizer step changes the weights in place: the compiled graph sees it
