@@ -241,14 +241,51 @@ class TwinCritic(nn.Module):
         self.weights = nn.ParameterList(layer_init_uniform(2, o, i, fan_in=i) for i, o in zip(sizes[:-1], sizes[1:]))
         self.biases = nn.ParameterList(layer_init_uniform(2, 1, o, fan_in=i) for i, o in zip(sizes[:-1], sizes[1:]))
 
+    def pre_activations(self, obs, actions):
+        """Each layer's output before its GELU, (2, B, .); the last one holds mu and sigma's pre-softplus."""
+        h = torch.cat([obs, actions], -1).expand(2, -1, -1)
+        outputs = []
+        for w, b in zip(self.weights, self.biases):
+            outputs.append(torch.baddbmm(b, F.gelu(outputs[-1]) if outputs else h, w.transpose(1, 2)))
+        return outputs
+
     def forward(self, obs, actions):
         """Returns mu, sigma of shape (2, B): one row per critic."""
-        h = torch.cat([obs, actions], -1)
-        for layer, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(b, h.expand(2, *h.shape) if layer == 0 else h, w.transpose(1, 2))
-            if layer < len(self.weights) - 1:
-                h = F.gelu(h)
-        return h[..., 0], F.softplus(h[..., 1])
+        out = self.pre_activations(obs, actions)[-1]
+        return out[..., 0], F.softplus(out[..., 1])
+
+    def smaller_mean(self, obs, actions):
+        """min(mu_1, mu_2)(s, a), (B,), for the actor's losses: differentiable in the actions only, with the critic
+        frozen (the actor step); the backward runs through the smaller critic of each row alone (SmallerCriticMean)."""
+        assert not any(p.requires_grad for p in self.parameters()), "freeze the critic with requires_grad_(False)"
+        return SmallerCriticMean.apply(obs, actions, self)
+
+
+class SmallerCriticMean(torch.autograd.Function):
+    """min(mu_1, mu_2)(s, a) of a frozen TwinCritic, with the gradient wrt the actions through the smaller critic of
+    each row only: half the matmuls of autograd, which runs both critics back (one of them with a zero gradient). On
+    GPU every row goes back through both critics, masked, because selecting the rows would synchronise with the host."""
+
+    @staticmethod
+    def forward(ctx, obs, actions, critic):
+        pre_activations = critic.pre_activations(obs, actions)
+        q, smaller = pre_activations[-1][..., 0].min(0)
+        ctx.weights, ctx.act_dim = list(critic.weights), actions.shape[-1]
+        ctx.save_for_backward(smaller, *pre_activations[:-1])
+        return q
+
+    @staticmethod
+    def backward(ctx, grad):
+        smaller, *pre_activations = ctx.saved_tensors
+        grad_actions = grad.new_zeros(len(grad), ctx.act_dim)
+        for c in range(2):
+            is_smaller = smaller == c
+            rows = torch.arange(len(grad), device=grad.device) if grad.is_cuda else is_smaller.nonzero().squeeze(1)
+            g = (grad * is_smaller)[rows, None] * ctx.weights[-1][c, 0]  # d mu_c / d(last hidden layer)
+            for layer in reversed(range(len(pre_activations))):
+                g = torch.ops.aten.gelu_backward(g, pre_activations[layer][c, rows]) @ ctx.weights[layer][c]
+            grad_actions[rows] += g[:, -ctx.act_dim :]  # the first layer's input is [s, a]
+        return None, grad_actions, None
 
 
 def exp_and_tanh_softplus(x):
@@ -907,10 +944,9 @@ if __name__ == "__main__":
             critic.requires_grad_(False)  # the actor step optimises theta only
             a0, chain, eps = actor.sample(b_obs, keep_chain=True)  # chain inputs x_j and eps_theta(s, x_j, j)
             pi = (a0 + args.noise_scale * alpha * torch.randn_like(a0)).clamp(-1.0, 1.0)
-            actor_loss = -critic(b_obs, pi)[0].min(0).values.mean()  # L_q (paper Eq. 15)
+            actor_loss = -critic.smaller_mean(b_obs, pi).mean()  # L_q (paper Eq. 15)
             if q_grad_coef > 0:
-                q_min = lambda s, a: critic(s, a)[0].min(0).values  # noqa: E731
-                g_loss = q_grad_loss(eps, q_min, b_obs, chain, q_grad_weights, args.q_grad_norm,
+                g_loss = q_grad_loss(eps, critic.smaller_mean, b_obs, chain, q_grad_weights, args.q_grad_norm,
                                      args.q_grad_one_step)
                 actor_loss = actor_loss + q_grad_coef * g_loss  # L_pi = L_q + eta L_g (paper Eq. 15)
                 logged["losses/q_grad_loss"] = g_loss.detach()

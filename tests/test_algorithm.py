@@ -276,3 +276,27 @@ def test_gmm_entropy_on_three_separated_gaussians_adds_log_3():
     estimate = dacer.gmm_entropy(samples).mean()
     expected = math.log(3) + gaussian_entropy(0.25 * torch.eye(d)).item()
     assert estimate == pytest.approx(expected, abs=0.05 * abs(expected) + 0.05)
+
+
+def test_smaller_critic_mean_gradient_matches_autograd_through_both_critics():
+    """TwinCritic.smaller_mean (backward through each row's smaller critic only) gives autograd's value and action
+    gradient of min(mu_1, mu_2), as L_q and L_g use it; it refuses a critic that is not frozen."""
+    torch.manual_seed(0)
+    critic = dacer.TwinCritic(obs_dim=4, act_dim=3, hidden_dim=32, num_layers=2)
+    with torch.no_grad():
+        critic.biases[-1][:, :, 0] = 0.0  # equal output biases: which critic is smaller varies from row to row
+    obs, actions = torch.randn(300, 4), torch.randn(300, 3)
+    x_ref = actions.clone().requires_grad_(True)
+    q_ref = critic(obs, x_ref)[0].min(0).values
+    upstream = torch.randn(300)
+    (grad_ref,) = torch.autograd.grad(q_ref, x_ref, upstream)
+    with pytest.raises(AssertionError, match="freeze the critic"):
+        critic.smaller_mean(obs, actions)
+    critic.requires_grad_(False)
+    x = actions.clone().requires_grad_(True)
+    q = critic.smaller_mean(obs, x)
+    (grad,) = torch.autograd.grad(q, x, upstream)
+    smaller = critic(obs, actions)[0].argmin(0)
+    assert 0 < smaller.sum() < 300  # both critics are the smaller one on some rows
+    torch.testing.assert_close(q, q_ref.detach())
+    torch.testing.assert_close(grad, grad_ref, atol=1e-6, rtol=1e-5)
