@@ -2,8 +2,12 @@
 GMM entropy estimate, for DACERv2 (T = 5, the script's default eta), DACERv2 with --q-grad-one-step and DACER
 (T = 20, --q-grad-coef 0).
 
-Usage: python benchmark/efficiency.py [--env-id Hopper-v4] [--device cpu|cuda] [--compile] [--json PATH]
-                                      [--markdown PATH]
+Usage: python benchmark/efficiency.py [--env-id Hopper-v4] [--device cpu|cuda] [--compile] [--rounds 3]
+                                      [--json PATH] [--markdown PATH]
+
+The algorithms take turns over --rounds rounds (each round measures every algorithm once, in the same order) and
+each figure is the median over all rounds: on a shared machine whose speed drifts, every algorithm sees the same
+slow and fast spells, so the ratios stay meaningful.
 
 - Training: the real training loop. dacerv2_continuous.py runs in a subprocess (in a temporary folder) with
   --log-frequency 2, and its `charts/update_ms` points are read back from the event file. Each point is the mean wall
@@ -11,9 +15,9 @@ Usage: python benchmark/efficiency.py [--env-id Hopper-v4] [--device cpu|cuda] [
   actor and target updates; env stepping excluded). The first points (warm-up; iteration 0 also runs the GMM entropy
   estimate) are dropped; the median over the rest is reported.
 - Inference: `DiffusionActor.sample` on one state under torch.no_grad(), the function that acting and evaluation
-  call; median over INFER_CALLS calls after INFER_WARMUP warm-up calls.
+  call; INFER_CALLS calls per round after INFER_WARMUP warm-up calls.
 - GMM entropy estimate: `estimate_entropy` on a batch of states with the script's defaults (256 states x 200
-  actions x 3 components); median of ENTROPY_REPEATS calls after one warm-up call. It runs every
+  actions x 3 components); ENTROPY_REPEATS calls per round after one warm-up call. It runs every
   --alpha-update-frequency iterations in training and is not part of the training time above.
 """
 
@@ -72,6 +76,9 @@ def parse_args():
     parser.add_argument(
         "--compile", action="store_true", help="run the sampler through torch.compile (the script's --compile)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds in which the algorithms take turns (default: 3)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1, like the script)")
     parser.add_argument("--hidden-dim", type=int, default=256, help="hidden layer width (default: 256, paper)")
     parser.add_argument("--num-layers", type=int, default=2, help="number of hidden layers (default: 2, paper)")
@@ -83,7 +90,7 @@ def parse_args():
     args = parser.parse_args()
     if args.iterations < 2 or args.iterations % LOG_FREQUENCY:
         dacer.fail(f"--iterations must be an even number >= 2 (one log point per 2 iterations), got {args.iterations}")
-    for name in ("threads", "hidden_dim", "num_layers"):
+    for name in ("rounds", "threads", "hidden_dim", "num_layers"):
         if getattr(args, name) < 1:
             dacer.fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if shutil.which(args.python) is None:
@@ -168,7 +175,7 @@ def synchronize(device):
 
 @torch.no_grad()
 def inference_ms(actor, obs, device):
-    """Median wall time of actor.sample on one state, in ms."""
+    """Wall times of actor.sample on one state after the warm-up calls, in ms."""
     times = []
     for call in range(INFER_WARMUP + INFER_CALLS):
         start = time.perf_counter()
@@ -176,11 +183,11 @@ def inference_ms(actor, obs, device):
         synchronize(device)
         if call >= INFER_WARMUP:
             times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+    return times
 
 
 def entropy_s(actor, obs_batch, device):
-    """Median wall time of the GMM entropy estimate with the script's defaults, in s."""
+    """Wall times of the GMM entropy estimate with the script's defaults after one warm-up call, in s."""
     alpha = torch.tensor(DEFAULTS.init_alpha, device=device)
     times = []
     for call in range(1 + ENTROPY_REPEATS):
@@ -190,32 +197,43 @@ def entropy_s(actor, obs_batch, device):
         synchronize(device)
         if call > 0:
             times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
 
 
 def measure(args, env_id, obs_dim, act_dim, first_obs):
-    """Training, inference and entropy-estimate times of both algorithms, one after the other."""
+    """Training, inference and entropy-estimate times of every algorithm, taking turns over args.rounds rounds."""
     device = torch.device(args.device)
     obs = torch.as_tensor(first_obs, dtype=torch.float32, device=device)[None]
     obs_batch = torch.randn(DEFAULTS.batch_size, obs_dim, device=device)
-    results = {}
-    for name, diffusion_steps, flags in ALGORITHMS:
-        print(f"{name}: {WARMUP_ITERATIONS} + {args.iterations} training iterations on {env_id} ...", file=sys.stderr)
-        points = training_ms(args, env_id, name, diffusion_steps, flags)
+    actors, times = {}, {name: {"train": [], "infer": [], "entropy": [], "round_train": []} for name, _, _ in ALGORITHMS}
+    for name, diffusion_steps, _ in ALGORITHMS:
         torch.manual_seed(DEFAULTS.seed)
-        actor = dacer.DiffusionActor(obs_dim, act_dim, args.hidden_dim, args.num_layers, diffusion_steps).to(device)
+        actors[name] = dacer.DiffusionActor(obs_dim, act_dim, args.hidden_dim, args.num_layers, diffusion_steps)
+        actors[name].to(device)
         if args.compile:
-            dacer.compile_sampler(actor, device)
-        print(f"{name}: inference ({INFER_CALLS} calls) and GMM entropy estimate ...", file=sys.stderr)
-        results[name.lower()] = {
-            "train_ms": statistics.median(points),
-            "infer_ms": inference_ms(actor, obs, device),
-            "entropy_s": entropy_s(actor, obs_batch, device),
-            "train_ms_mean": statistics.fmean(points),
-            "train_points": len(points),
+            dacer.compile_sampler(actors[name], device)
+    for round_ in range(1, args.rounds + 1):
+        for name, diffusion_steps, flags in ALGORITHMS:
+            print(f"round {round_}/{args.rounds}, {name}: {WARMUP_ITERATIONS} + {args.iterations} training iterations "
+                  f"on {env_id}, {INFER_CALLS} inference calls, {ENTROPY_REPEATS} GMM entropy estimates ...",
+                  file=sys.stderr)  # fmt: skip
+            points = training_ms(args, env_id, name, diffusion_steps, flags)
+            times[name]["train"] += points
+            times[name]["round_train"].append(statistics.median(points))
+            times[name]["infer"] += inference_ms(actors[name], obs, device)
+            times[name]["entropy"] += entropy_s(actors[name], obs_batch, device)
+    return {
+        name.lower(): {
+            "train_ms": statistics.median(times[name]["train"]),
+            "infer_ms": statistics.median(times[name]["infer"]),
+            "entropy_s": statistics.median(times[name]["entropy"]),
+            "train_ms_mean": statistics.fmean(times[name]["train"]),
+            "train_ms_per_round": times[name]["round_train"],
+            "train_points": len(times[name]["train"]),
             "diffusion_steps": diffusion_steps,
         }
-    return results
+        for name, diffusion_steps, _ in ALGORITHMS
+    }
 
 
 def table_rows(results):
@@ -242,22 +260,29 @@ def table_rows(results):
 def notes(args, env_id, device_text, results):
     """The measurement conditions, as lines under the table."""
     amortised = {name: 1000 * r["entropy_s"] / DEFAULTS.alpha_update_frequency for name, r in results.items()}
+    means = ", ".join(f"{results[name.lower()]['train_ms_mean']:.2f} ({name})" for name, _, _ in ALGORITHMS)
+    per_round = "; ".join(
+        "/".join(f"{ms:.1f}" for ms in results[name.lower()]["train_ms_per_round"]) + f" ({name})"
+        for name, _, _ in ALGORITHMS
+    )
+    rounds = f"{args.rounds} x "
     return [
         f"Environment {env_id}, networks of {args.num_layers} hidden layers of {args.hidden_dim}, batch "
         f"{DEFAULTS.batch_size}; device: {device_text}; torch {torch.__version__}; sampler "
         f"{'compiled (--compile)' if args.compile else 'eager'}. Paper: {PAPER_HARDWARE}.",
-        f"Training ms per iteration: median of {args.iterations // LOG_FREQUENCY} `charts/update_ms` points of the "
-        f"real training loop, each the mean of one policy iteration and one critic-only iteration ({args.iterations} "
-        f"iterations after {WARMUP_ITERATIONS} warm-up iterations); the update step only (batch sampling, critic, "
-        f"alpha, actor, target updates), env stepping excluded. Means: "
-        + ", ".join(f"{results[name.lower()]['train_ms_mean']:.2f} ({name})" for name, _, _ in ALGORITHMS) + ". "
-        "DACERv2-1step is DACERv2 with --q-grad-one-step (L_g on one random step per state instead of all T).",
-        f"Inference ms: median of {INFER_CALLS} calls of `DiffusionActor.sample` on a single state.",
+        f"The algorithms took turns over {args.rounds} round(s); each figure is the median over all of them.",
+        f"Training ms per iteration: median of {rounds}{args.iterations // LOG_FREQUENCY} `charts/update_ms` points of "
+        f"the real training loop, each the mean of one policy iteration and one critic-only iteration "
+        f"({args.iterations} iterations after {WARMUP_ITERATIONS} warm-up iterations per round); the update step only "
+        f"(batch sampling, critic, alpha, actor, target updates), env stepping excluded. Means: {means}; medians per "
+        f"round: {per_round}. DACERv2-1step is DACERv2 with --q-grad-one-step (L_g on one random step per state "
+        "instead of all T).",
+        f"Inference ms: median of {rounds}{INFER_CALLS} calls of `DiffusionActor.sample` on a single state.",
         f"The periodic GMM entropy estimate is excluded from the training time and reported separately "
         f"({DEFAULTS.batch_size} states x {DEFAULTS.gmm_samples} actions x {DEFAULTS.gmm_components} components, "
-        f"untrained actor, median of {ENTROPY_REPEATS}); run every {DEFAULTS.alpha_update_frequency} iterations, it "
-        f"adds {amortised['dacerv2']:.2f} ms (DACERv2) and {amortised['dacer']:.2f} ms (DACER) per iteration on "
-        "average.",
+        f"untrained actor, median of {rounds}{ENTROPY_REPEATS}); run every {DEFAULTS.alpha_update_frequency} "
+        f"iterations, it adds {amortised['dacerv2']:.2f} ms (DACERv2) and {amortised['dacer']:.2f} ms (DACER) per "
+        "iteration on average.",
     ]
 
 
@@ -287,7 +312,7 @@ def main():
         Path(args.markdown).write_text(render_markdown(rows) + "\n\n" + "\n".join(f"- {line}" for line in lines) + "\n")
     if args.json:
         summary = {"device": device_text, "torch": torch.__version__, "env_id": env_id, "threads": args.threads}
-        summary |= {key: getattr(args, key) for key in ("iterations", "hidden_dim", "num_layers", "compile")}
+        summary |= {key: getattr(args, key) for key in ("iterations", "rounds", "hidden_dim", "num_layers", "compile")}
         Path(args.json).write_text(json.dumps({**summary, **results}, indent=2) + "\n")
 
 

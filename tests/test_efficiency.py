@@ -27,7 +27,7 @@ def table_rows(stdout):
 def tiny(tmp_path_factory):
     """One tiny benchmark on Pendulum-v1 with 32-wide networks: its result, JSON and markdown."""
     cwd = tmp_path_factory.mktemp("efficiency")
-    args = ["--env-id", "Pendulum-v1", "--iterations", "20", "--hidden-dim", "32"]
+    args = ["--env-id", "Pendulum-v1", "--iterations", "20", "--hidden-dim", "32", "--rounds", "2"]
     result = run([*args, "--json", "efficiency.json", "--markdown", "efficiency.md"], cwd)
     assert result.returncode == 0, result.stderr
     return result, json.loads((cwd / "efficiency.json").read_text()), (cwd / "efficiency.md").read_text()
@@ -37,11 +37,13 @@ def test_json_has_the_schema_and_positive_finite_times(tiny):
     _, summary, _ = tiny
     assert isinstance(summary["device"], str) and summary["device"]
     assert summary["env_id"] == "Pendulum-v1" and summary["iterations"] == 20 and summary["compile"] is False
+    assert summary["rounds"] == 2
     for name in ("dacerv2", "dacerv2-1step", "dacer"):
         for key in ("train_ms", "infer_ms", "entropy_s"):
             value = summary[name][key]
             assert isinstance(value, float) and math.isfinite(value) and value > 0, (name, key, value)
-        assert summary[name]["train_points"] == 10  # 20 iterations, one point per 2 after the warm-up points
+        assert summary[name]["train_points"] == 20  # 2 rounds of 20 iterations, one point per 2 after the warm-up
+        assert len(summary[name]["train_ms_per_round"]) == 2
     assert summary["dacerv2"]["diffusion_steps"] == 5 and summary["dacer"]["diffusion_steps"] == 20
 
 
@@ -69,7 +71,7 @@ def test_cuda_without_cuda_exits_2_with_one_line(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [(["--iterations", "3"], "--iterations"), (["--env-id", "NoSuchEnv-v0"], "unknown env id"),
-     (["--threads", "0"], "--threads"), (["--bogus"], "unrecognized")],
+     (["--threads", "0"], "--threads"), (["--rounds", "0"], "--rounds"), (["--bogus"], "unrecognized")],
 )  # fmt: skip
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     result = run(args, tmp_path)
