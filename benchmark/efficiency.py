@@ -3,11 +3,13 @@ GMM entropy estimate, for DACERv2 (T = 5, the script's default eta), DACERv2 wit
 (T = 20, --q-grad-coef 0).
 
 Usage: python benchmark/efficiency.py [--env-id Hopper-v4] [--device cpu|cuda] [--compile] [--rounds 3]
-                                      [--json PATH] [--markdown PATH]
+                                      [--baseline OLD_SCRIPT.py] [--json PATH] [--markdown PATH]
 
 The algorithms take turns over --rounds rounds (each round measures every algorithm once, in the same order) and
 each figure is the median over all rounds: on a shared machine whose speed drifts, every algorithm sees the same
-slow and fast spells, so the ratios stay meaningful.
+slow and fast spells, so the ratios stay meaningful. --baseline adds the same rows for another version of the
+training script (e.g. `git show REV:dacerv2_continuous.py > old.py`), measured in the same turns: a speed-up or a
+regression as a ratio from one run.
 
 - Training: the real training loop. dacerv2_continuous.py runs in a subprocess (in a temporary folder) with
   --log-frequency 2, and its `charts/update_ms` points are read back from the event file. Each point is the mean wall
@@ -22,6 +24,7 @@ slow and fast spells, so the ratios stay meaningful.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -79,6 +82,9 @@ def parse_args():
     parser.add_argument(
         "--rounds", type=int, default=3, help="rounds in which the algorithms take turns (default: 3)"
     )
+    parser.add_argument(
+        "--baseline", metavar="SCRIPT", help="another version of dacerv2_continuous.py to measure in the same turns"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1, like the script)")
     parser.add_argument("--hidden-dim", type=int, default=256, help="hidden layer width (default: 256, paper)")
     parser.add_argument("--num-layers", type=int, default=2, help="number of hidden layers (default: 2, paper)")
@@ -93,6 +99,8 @@ def parse_args():
     for name in ("rounds", "threads", "hidden_dim", "num_layers"):
         if getattr(args, name) < 1:
             dacer.fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.baseline is not None and not Path(args.baseline).is_file():
+        dacer.fail(f"--baseline: no such file {args.baseline!r}")
     if shutil.which(args.python) is None:
         dacer.fail(f"--python: no such interpreter {args.python!r}")
     for option in ("json", "markdown"):
@@ -135,11 +143,11 @@ def describe_device(device, threads):
     return f"{torch.cuda.get_device_name(device)} (host: {cpu})" if device.type == "cuda" else cpu
 
 
-def training_ms(args, env_id, name, diffusion_steps, flags):
-    """Per-point `charts/update_ms` of a real training run after the warm-up points (ms per iteration)."""
+def training_ms(args, env_id, name, script, diffusion_steps, flags):
+    """Per-point `charts/update_ms` of a real training run of script after the warm-up points (ms per iteration)."""
     total_iterations = WARMUP_ITERATIONS + args.iterations
     command = [
-        args.python, str(SCRIPT), "--env-id", env_id, "--num-envs", str(NUM_ENVS),
+        args.python, str(script), "--env-id", env_id, "--num-envs", str(NUM_ENVS),
         "--total-timesteps", str(LEARNING_STARTS + total_iterations * NUM_ENVS), "--learning-starts",
         str(LEARNING_STARTS), "--log-frequency", str(LOG_FREQUENCY), "--eval-frequency", str(NEVER),
         "--eval-episodes", "1", "--alpha-update-frequency", str(NEVER), "--torch-threads", str(args.threads),
@@ -186,44 +194,60 @@ def inference_ms(actor, obs, device):
     return times
 
 
-def entropy_s(actor, obs_batch, device):
-    """Wall times of the GMM entropy estimate with the script's defaults after one warm-up call, in s."""
+def entropy_s(script, actor, obs_batch, device):
+    """Wall times of script's GMM entropy estimate with the script's defaults after one warm-up call, in s."""
     alpha = torch.tensor(DEFAULTS.init_alpha, device=device)
     times = []
     for call in range(1 + ENTROPY_REPEATS):
         start = time.perf_counter()
-        dacer.estimate_entropy(actor, obs_batch, alpha, DEFAULTS.noise_scale, DEFAULTS.gmm_samples,
-                               DEFAULTS.gmm_components)  # fmt: skip
+        script.estimate_entropy(actor, obs_batch, alpha, DEFAULTS.noise_scale, DEFAULTS.gmm_samples,
+                                DEFAULTS.gmm_components)  # fmt: skip
         synchronize(device)
         if call > 0:
             times.append(time.perf_counter() - start)
     return times
 
 
+def variants(args):
+    """(row name, script module, script path, T, flags) of every row: the algorithms, then those of --baseline."""
+    rows = [(name, dacer, SCRIPT, steps, flags) for name, steps, flags in ALGORITHMS]
+    if args.baseline:
+        spec = importlib.util.spec_from_file_location("baseline_script", args.baseline)
+        baseline = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(baseline)
+        except Exception as e:
+            dacer.fail(f"--baseline: cannot import {args.baseline!r} ({dacer.error_summary(e, 100)})")
+        rows += [(f"{name} (baseline)", baseline, args.baseline, steps, flags) for name, steps, flags in ALGORITHMS]
+    return rows
+
+
 def measure(args, env_id, obs_dim, act_dim, first_obs):
-    """Training, inference and entropy-estimate times of every algorithm, taking turns over args.rounds rounds."""
+    """Training, inference and entropy-estimate times of every row, taking turns over args.rounds rounds."""
     device = torch.device(args.device)
     obs = torch.as_tensor(first_obs, dtype=torch.float32, device=device)[None]
     obs_batch = torch.randn(DEFAULTS.batch_size, obs_dim, device=device)
-    actors, times = {}, {name: {"train": [], "infer": [], "entropy": [], "round_train": []} for name, _, _ in ALGORITHMS}
-    for name, diffusion_steps, _ in ALGORITHMS:
+    rows, actors = variants(args), {}
+    times = {name: {"train": [], "infer": [], "entropy": [], "round_train": []} for name, *_ in rows}
+    for name, script, _, diffusion_steps, _ in rows:
         torch.manual_seed(DEFAULTS.seed)
-        actors[name] = dacer.DiffusionActor(obs_dim, act_dim, args.hidden_dim, args.num_layers, diffusion_steps)
+        actors[name] = script.DiffusionActor(obs_dim, act_dim, args.hidden_dim, args.num_layers, diffusion_steps)
         actors[name].to(device)
         if args.compile:
-            dacer.compile_sampler(actors[name], device)
+            script.compile_sampler(actors[name], device)
     for round_ in range(1, args.rounds + 1):
-        for name, diffusion_steps, flags in ALGORITHMS:
+        for name, script, path, diffusion_steps, flags in rows:
             print(f"round {round_}/{args.rounds}, {name}: {WARMUP_ITERATIONS} + {args.iterations} training iterations "
                   f"on {env_id}, {INFER_CALLS} inference calls, {ENTROPY_REPEATS} GMM entropy estimates ...",
                   file=sys.stderr)  # fmt: skip
-            points = training_ms(args, env_id, name, diffusion_steps, flags)
+            points = training_ms(args, env_id, name, path, diffusion_steps, flags)
             times[name]["train"] += points
             times[name]["round_train"].append(statistics.median(points))
             times[name]["infer"] += inference_ms(actors[name], obs, device)
-            times[name]["entropy"] += entropy_s(actors[name], obs_batch, device)
+            times[name]["entropy"] += entropy_s(script, actors[name], obs_batch, device)
     return {
         name.lower(): {
+            "name": name,
             "train_ms": statistics.median(times[name]["train"]),
             "infer_ms": statistics.median(times[name]["infer"]),
             "entropy_s": statistics.median(times[name]["entropy"]),
@@ -232,7 +256,7 @@ def measure(args, env_id, obs_dim, act_dim, first_obs):
             "train_points": len(times[name]["train"]),
             "diffusion_steps": diffusion_steps,
         }
-        for name, diffusion_steps, _ in ALGORITHMS
+        for name, _, _, diffusion_steps, _ in rows
     }
 
 
@@ -242,9 +266,8 @@ def table_rows(results):
               "paper inference ms", "normalised", "paper training ms", "normalised"]  # fmt: skip
     ours_ref, paper_ref = results["dacerv2"], PAPER_TABLE_1["DACERv2"]
     rows = [header]
-    for name, _, _ in ALGORITHMS:
-        ours = results[name.lower()]
-        paper = ["-"] * 4  # the paper has no one-step L_g
+    for ours in results.values():
+        name, paper = ours["name"], ["-"] * 4  # not in the paper: the one-step L_g, --baseline rows
         if name in PAPER_TABLE_1:
             paper_infer, paper_train = PAPER_TABLE_1[name]
             paper = [f"{paper_infer:.2f}", f"{paper_infer / paper_ref[0]:.2f}x", f"{paper_train:.1f}",
@@ -260,10 +283,10 @@ def table_rows(results):
 def notes(args, env_id, device_text, results):
     """The measurement conditions, as lines under the table."""
     amortised = {name: 1000 * r["entropy_s"] / DEFAULTS.alpha_update_frequency for name, r in results.items()}
-    means = ", ".join(f"{results[name.lower()]['train_ms_mean']:.2f} ({name})" for name, _, _ in ALGORITHMS)
+    means = ", ".join(f"{result['train_ms_mean']:.2f} ({result['name']})" for result in results.values())
     per_round = "; ".join(
-        "/".join(f"{ms:.1f}" for ms in results[name.lower()]["train_ms_per_round"]) + f" ({name})"
-        for name, _, _ in ALGORITHMS
+        "/".join(f"{ms:.1f}" for ms in result["train_ms_per_round"]) + f" ({result['name']})"
+        for result in results.values()
     )
     rounds = f"{args.rounds} x "
     return [
@@ -311,7 +334,8 @@ def main():
     if args.markdown:
         Path(args.markdown).write_text(render_markdown(rows) + "\n\n" + "\n".join(f"- {line}" for line in lines) + "\n")
     if args.json:
-        summary = {"device": device_text, "torch": torch.__version__, "env_id": env_id, "threads": args.threads}
+        summary = {"device": device_text, "torch": torch.__version__, "env_id": env_id, "threads": args.threads,
+                   "baseline": args.baseline}  # fmt: skip
         summary |= {key: getattr(args, key) for key in ("iterations", "rounds", "hidden_dim", "num_layers", "compile")}
         Path(args.json).write_text(json.dumps({**summary, **results}, indent=2) + "\n")
 

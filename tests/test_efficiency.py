@@ -71,7 +71,8 @@ def test_cuda_without_cuda_exits_2_with_one_line(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [(["--iterations", "3"], "--iterations"), (["--env-id", "NoSuchEnv-v0"], "unknown env id"),
-     (["--threads", "0"], "--threads"), (["--rounds", "0"], "--rounds"), (["--bogus"], "unrecognized")],
+     (["--threads", "0"], "--threads"), (["--rounds", "0"], "--rounds"), (["--baseline", "nope.py"], "--baseline"),
+     (["--bogus"], "unrecognized")],
 )  # fmt: skip
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     result = run(args, tmp_path)
@@ -88,3 +89,18 @@ def test_failed_training_run_exits_1_with_its_last_stderr_lines(tmp_path):
     assert result.returncode == 1
     assert "DACERv2 training run failed (exit status 3)" in result.stderr
     assert result.stderr.strip().endswith("boom: the last line") and "Traceback" not in result.stderr
+
+
+def test_baseline_rows_are_measured_in_the_same_turns(tmp_path):
+    """--baseline adds every algorithm's row for another version of the script (here: a copy of this one)."""
+    baseline = tmp_path / "old_script.py"
+    baseline.write_text((Path(EFFICIENCY).parents[1] / "dacerv2_continuous.py").read_text())
+    args = ["--env-id", "Pendulum-v1", "--iterations", "2", "--hidden-dim", "16", "--rounds", "1"]
+    result = run([*args, "--baseline", str(baseline), "--json", "out.json"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out.json").read_text())
+    assert summary["baseline"] == str(baseline)
+    for name in ALGORITHMS:
+        assert summary[f"{name.lower()} (baseline)"]["name"] == f"{name} (baseline)"
+        assert f"{name} (baseline)" in result.stdout and summary[name.lower()]["train_points"] == 1
+    assert "round 1/1, DACER (baseline)" in result.stderr
