@@ -104,3 +104,16 @@ def test_baseline_rows_are_measured_in_the_same_turns(tmp_path):
         assert summary[f"{name.lower()} (baseline)"]["name"] == f"{name} (baseline)"
         assert f"{name} (baseline)" in result.stdout and summary[name.lower()]["train_points"] == 1
     assert "round 1/1, DACER (baseline)" in result.stderr
+
+
+def test_stage_timing_prints_every_stage_and_rejects_bad_input(tmp_path):
+    stage_timing = str(Path(EFFICIENCY).parent / "stage_timing.py")
+    result = subprocess.run([sys.executable, stage_timing, "--iterations", "4"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    shares = [float(line.split()[-2]) for line in result.stdout.splitlines() if line.endswith("%")]
+    assert len(shares) == 7 and sum(shares) == pytest.approx(100, abs=0.5)  # rounded to 0.1 each
+    assert "L_g (critic gradient, 1280 rows)" in result.stdout and "sum of the stages" in result.stdout
+    bad = subprocess.run([sys.executable, stage_timing, "--diffusion-steps", "0"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

@@ -1,0 +1,117 @@
+"""Where an update's time goes: the training loop's update step split into stages, timed on random data.
+
+Usage: python benchmark/stage_timing.py [--diffusion-steps 5] [--q-grad-coef 1.0] [--iterations 400]
+
+Runs dacerv2_continuous.py's update (critic step every iteration, actor step every 2nd) with the paper's sizes and
+Hopper-v4's dimensions (11-dimensional states, 3-dimensional actions) on one CPU thread, and prints each stage's
+median wall time per call and its share of an iteration. The stages are the loop's own calls, in its order.
+"""
+
+import argparse
+import collections
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import dacerv2_continuous as dacer  # noqa: E402
+
+OBS_DIM, ACT_DIM, BUFFER = 11, 3, 100_000  # Hopper-v4
+WARMUP = 40
+
+
+class StageClock:
+    """Wall time of consecutive stages: lap(name) closes the stage that began at the previous lap."""
+
+    def __init__(self):
+        self.times, self.last = collections.defaultdict(list), time.perf_counter()
+
+    def start(self):
+        self.last = time.perf_counter()
+
+    def lap(self, name):
+        now = time.perf_counter()
+        self.times[name].append(1000 * (now - self.last))
+        self.last = now
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--diffusion-steps", type=int, default=5, help="T (default: 5; DACER: 20)")
+    parser.add_argument("--q-grad-coef", type=float, default=1.0, help="eta (default: 1.0; DACER: 0)")
+    parser.add_argument("--iterations", type=int, default=400, help="timed iterations (default: 400)")
+    args = parser.parse_args()
+    if args.diffusion_steps < 1 or args.iterations < 2 or args.q_grad_coef < 0:
+        dacer.fail("--diffusion-steps must be >= 1, --iterations >= 2 and --q-grad-coef >= 0")
+    defaults, device = dacer.Args(), torch.device("cpu")
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    dacer.keep_freed_memory()
+    T, B, hidden, layers = args.diffusion_steps, defaults.batch_size, defaults.hidden_dim, defaults.num_layers
+    actor = dacer.DiffusionActor(OBS_DIM, ACT_DIM, hidden, layers, T)
+    critic = dacer.TwinCritic(OBS_DIM, ACT_DIM, hidden, layers)
+    critic_target = dacer.TwinCritic(OBS_DIM, ACT_DIM, hidden, layers).requires_grad_(False)
+    critic_target.load_state_dict(critic.state_dict())
+    q_optimizer = torch.optim.Adam(critic.parameters(), lr=defaults.q_lr, fused=True)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=defaults.policy_lr, fused=True)
+    rb = dacer.ReplayBuffer(BUFFER, OBS_DIM, ACT_DIM, device)
+    rb.add(torch.randn(BUFFER, OBS_DIM), torch.randn(BUFFER, OBS_DIM), torch.rand(BUFFER, ACT_DIM) * 2 - 1,
+           torch.randn(BUFFER), (torch.rand(BUFFER) < 0.01).float())  # fmt: skip
+    c, d = dacer.time_weight_coefficients(T)
+    q_grad_weights = torch.exp(c * torch.arange(T, dtype=torch.float32) + d)
+    alpha, omega, clock = torch.tensor(defaults.init_alpha), torch.ones(2), StageClock()
+
+    def iteration(policy):
+        clock.start()
+        b_obs, b_actions, b_rewards, b_next_obs, b_terminations = rb.sample(B)
+        with torch.no_grad():
+            next_actions = dacer.explore(actor, b_next_obs, alpha, defaults.noise_scale)
+            clock.lap("critic step: next-action chain (no grad)")
+            y, y_sample = dacer.critic_targets(critic_target, defaults.reward_scale * b_rewards, b_next_obs,
+                                               next_actions, b_terminations, defaults.gamma)  # fmt: skip
+        mu, sigma = critic(b_obs, b_actions)
+        qf_losses = dacer.dsac_critic_loss(mu, sigma, y, y_sample, omega.lerp(sigma.detach().mean(1), defaults.tau))
+        q_optimizer.zero_grad(set_to_none=True)
+        qf_losses.sum().backward()
+        q_optimizer.step()
+        clock.lap("critic step: batch, target, critic update")
+        if not policy:
+            return
+        critic.requires_grad_(False)
+        a0, chain, eps = actor.sample(b_obs, keep_chain=True)
+        clock.lap("actor step: chain with gradient")
+        pi = (a0 + defaults.noise_scale * alpha * torch.randn_like(a0)).clamp(-1.0, 1.0)
+        actor_loss = -critic.smaller_mean(b_obs, pi).mean()
+        clock.lap("actor step: L_q")
+        if args.q_grad_coef > 0:
+            g_loss = dacer.q_grad_loss(eps, critic.smaller_mean, b_obs, chain, q_grad_weights)
+            actor_loss = actor_loss + args.q_grad_coef * g_loss
+            clock.lap(f"actor step: L_g (critic gradient, {T * B} rows)")
+        actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        clock.lap("actor step: backward")
+        actor_optimizer.step()
+        critic.requires_grad_(True)
+        with torch.no_grad():
+            for p, p_target in zip(critic.parameters(), critic_target.parameters()):
+                p_target.lerp_(p, defaults.tau)
+        clock.lap("actor step: Adam, target critics")
+
+    for i in range(WARMUP + args.iterations):
+        if i == WARMUP:
+            clock.times.clear()
+        iteration(policy=i % defaults.policy_frequency == 0)
+    per_iteration = {name: statistics.median(t) * len(t) / args.iterations for name, t in clock.times.items()}
+    total = sum(per_iteration.values())
+    print(f"T = {T}, eta = {args.q_grad_coef}, batch {B}, {layers} x {hidden}, 1 CPU thread, {args.iterations} iterations")
+    for name, times in clock.times.items():
+        print(f"{name:45s} {statistics.median(times):6.2f} ms per call  {100 * per_iteration[name] / total:5.1f} %")
+    print(f"{'sum of the stages per iteration':45s} {total:6.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
