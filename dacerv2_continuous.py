@@ -275,12 +275,19 @@ class SmallerCriticMean(torch.autograd.Function):
         return q
 
     @staticmethod
+    def rows(is_smaller):
+        """The rows that go back through a critic: those where it is the smaller; on GPU all of them (masked)."""
+        if is_smaller.is_cuda:
+            return torch.arange(len(is_smaller), device=is_smaller.device)
+        return is_smaller.nonzero().squeeze(1)
+
+    @staticmethod
     def backward(ctx, grad):
         smaller, *pre_activations = ctx.saved_tensors
         grad_actions = grad.new_zeros(len(grad), ctx.act_dim)
         for c in range(2):
             is_smaller = smaller == c
-            rows = torch.arange(len(grad), device=grad.device) if grad.is_cuda else is_smaller.nonzero().squeeze(1)
+            rows = SmallerCriticMean.rows(is_smaller)
             g = (grad * is_smaller)[rows, None] * ctx.weights[-1][c, 0]  # d mu_c / d(last hidden layer)
             for layer in reversed(range(len(pre_activations))):
                 g = torch.ops.aten.gelu_backward(g, pre_activations[layer][c, rows]) @ ctx.weights[layer][c]

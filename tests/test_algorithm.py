@@ -278,9 +278,13 @@ def test_gmm_entropy_on_three_separated_gaussians_adds_log_3():
     assert estimate == pytest.approx(expected, abs=0.05 * abs(expected) + 0.05)
 
 
-def test_smaller_critic_mean_gradient_matches_autograd_through_both_critics():
+@pytest.mark.parametrize("all_rows", [False, True])
+def test_smaller_critic_mean_gradient_matches_autograd_through_both_critics(all_rows, monkeypatch):
     """TwinCritic.smaller_mean (backward through each row's smaller critic only) gives autograd's value and action
-    gradient of min(mu_1, mu_2), as L_q and L_g use it; it refuses a critic that is not frozen."""
+    gradient of min(mu_1, mu_2), as L_q and L_g use it; also with every row through both critics, masked (the GPU
+    path); it refuses a critic that is not frozen."""
+    if all_rows:
+        monkeypatch.setattr(dacer.SmallerCriticMean, "rows", staticmethod(lambda mask: torch.arange(len(mask))))
     torch.manual_seed(0)
     critic = dacer.TwinCritic(obs_dim=4, act_dim=3, hidden_dim=32, num_layers=2)
     with torch.no_grad():
