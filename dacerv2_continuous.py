@@ -289,9 +289,11 @@ class SmallerCriticMean(torch.autograd.Function):
             is_smaller = smaller == c
             rows = SmallerCriticMean.rows(is_smaller)
             g = (grad * is_smaller)[rows, None] * ctx.weights[-1][c, 0]  # d mu_c / d(last hidden layer)
-            for layer in reversed(range(len(pre_activations))):
+            for layer in reversed(range(1, len(pre_activations))):
                 g = torch.ops.aten.gelu_backward(g, pre_activations[layer][c, rows]) @ ctx.weights[layer][c]
-            grad_actions[rows] += g[:, -ctx.act_dim :]  # the first layer's input is [s, a]
+            g = torch.ops.aten.gelu_backward(g, pre_activations[0][c, rows])
+            w_actions = ctx.weights[0][c, :, -ctx.act_dim :]  # the first layer's input is [s, a]
+            grad_actions[rows] += (w_actions.t() @ g.t()).t()  # = g @ w_actions, 2x faster in MKL with 3 outputs
         return None, grad_actions, None
 
 
@@ -364,8 +366,9 @@ class NoisePredictionForBothLosses(torch.autograd.Function):
         for weight, mish_h, slope in reversed(layers):
             param_grads = [grad[-1].t() @ mish_h, grad[-1].sum(0), *param_grads]
             grad = torch.matmul(grad, weight).mul_(slope)  # back through the layer and the Mish before it
-        grad_x = None if grad_q is None else grad[0] @ w_x
-        return grad[-1], grad[-1].t() @ x, grad_x, *param_grads
+        # the products with 3 = dim(A) outputs written the way round that MKL multiplies fastest (2x and 5x)
+        grad_x = None if grad_q is None else (w_x.t() @ grad[0].t()).t()
+        return grad[-1], (x.t() @ grad[-1]).t(), grad_x, *param_grads
 
 
 class DiffusionActor(nn.Module):
@@ -415,6 +418,7 @@ class DiffusionActor(nn.Module):
         if noise is None:
             noise = torch.randn(self.T, obs.shape[0], self.act_dim, device=obs.device)
         base, w_x = self.first_layer(obs)
+        base = base.unbind(0)  # one tensor per step: its backward stacks T gradients instead of filling and adding
         trunk_params = [p for layer in self.trunk for p in (layer.weight, layer.bias)]
         x, chain, eps_for_g = noise[0], [None] * self.T, [None] * self.T
         for j in reversed(range(self.T)):
