@@ -305,6 +305,11 @@ def exp_and_tanh_softplus(x):
     return e, n.div_(n + 2)
 
 
+def mish_slope(x, t, e):
+    """dMish/dx = t + x sech^2(softplus(x)) sigmoid(x), from t = tanh(softplus(x)) and e = exp(x)."""
+    return (1 - t * t).mul_(x).mul_(e.div(e + 1)).add_(t)
+
+
 class MishFunction(torch.autograd.Function):
     """Mish(x) = x tanh(softplus(x)) from one exp2, with an analytic backward that reuses the forward's terms.
 
@@ -320,11 +325,6 @@ class MishFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return mish_slope(*ctx.saved_tensors).mul_(grad)
-
-
-def mish_slope(x, t, e):
-    """dMish/dx = t + x sech^2(softplus(x)) sigmoid(x), from t = tanh(softplus(x)) and e = exp(x)."""
-    return (1 - t * t).mul_(x).mul_(e.div(e + 1)).add_(t)
 
 
 def mish(x):
@@ -419,7 +419,7 @@ class DiffusionActor(nn.Module):
             noise = torch.randn(self.T, obs.shape[0], self.act_dim, device=obs.device)
         base, w_x = self.first_layer(obs)
         base = base.unbind(0)  # one tensor per step: its backward stacks T gradients instead of filling and adding
-        trunk_params = [p for layer in self.trunk for p in (layer.weight, layer.bias)]
+        trunk_params = [p for layer in self.trunk for p in (layer.weight, layer.bias)] if keep_chain else None
         x, chain, eps_for_g = noise[0], [None] * self.T, [None] * self.T
         for j in reversed(range(self.T)):
             chain[j] = x
