@@ -10,7 +10,9 @@ import pickle
 import random
 import signal
 import sys
+import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -329,7 +331,10 @@ class MishFunction(torch.autograd.Function):
 
 def mish(x):
     """Mish on CPU from one exp2; torch's single-kernel F.mish on GPU and on tiny tensors (batch-1 inference), where
-    one op costs less than four."""
+    one op costs less than four. Under torch.compile / torch.export the exp2 form, which inductor fuses into one
+    kernel: 1.5x faster there on CPU than its F.mish."""
+    if torch.compiler.is_compiling():
+        return x * exp_and_tanh_softplus(x)[1]
     if x.is_cuda or x.numel() <= 1024:
         return F.mish(x)
     return MishFunction.apply(x) if torch.is_grad_enabled() else x * exp_and_tanh_softplus(x)[1]
@@ -408,6 +413,10 @@ class DiffusionActor(nn.Module):
             h = F.linear(mish(h), layer.weight, layer.bias)
         return h
 
+    def forward(self, obs, noise):
+        """a0 = sample(obs, noise): what torch.export traces for --compile (export_sampler)."""
+        return self.sample(obs, noise)
+
     def sample(self, obs, noise=None, keep_chain=False):
         """Reverse DDPM chain, j = T-1 .. 0 (ALGORITHM.md §1.2), differentiable end to end.
 
@@ -435,25 +444,73 @@ class DiffusionActor(nn.Module):
         return (x, torch.stack(chain), torch.stack(eps_for_g)) if keep_chain else x
 
 
+def export_sampler(actor):
+    """The no-grad sampler as an AOTInductor package (torch.export, then inductor's C++ kernels and wrapper): one
+    package for every batch size, with the weights as inputs, so that it follows every in-place optimizer step. It
+    runs without torch.compile's guards and Python wrapper: 0.08 ms per single-state action on one CPU thread, against
+    0.11 ms through torch.compile and 0.27 ms eagerly. Returns sample(obs, noise)."""
+    import torch._inductor
+
+    weights = list(actor.parameters())
+    names = [name for name, _ in actor.named_parameters()]
+
+    class SampleWithWeightsAsInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.actor = actor
+
+        def forward(self, obs, noise, *weights):
+            return torch.func.functional_call(self.actor, dict(zip(names, weights)), (obs, noise))
+
+    batch = torch.export.Dim("batch", min=1)  # traced at batch 2: an example batch of 1 would specialise to it
+    example = (torch.zeros(2, actor.obs_dim), torch.zeros(actor.T, 2, actor.act_dim), *(w.detach() for w in weights))
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as folder:
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecations inside export
+        program = torch.export.export(SampleWithWeightsAsInputs(), example,
+                                      dynamic_shapes=({0: batch}, {1: batch}, (None,) * len(weights)))  # fmt: skip
+        package = torch._inductor.aoti_load_package(
+            torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(folder, "sampler.pt2")))
+
+    def sample(obs, noise):
+        return package(obs, noise, *weights)
+
+    return sample
+
+
 def compile_sampler(actor, device):
     """--compile: actor.sample through torch.compile, one graph per batch size and grad mode (fused elementwise ops;
-    on CPU a C++ wrapper, which cuts the per-call overhead that dominates batch-1 inference). Same random numbers and
-    the same actions to float rounding. Where torch.compile does not work (no C++ compiler, an unsupported platform),
-    one line says so and the sampler stays eager."""
+    on CPU a C++ wrapper). On CPU the calls without gradient (acting, the next actions a', evaluation, the GMM's
+    samples) run the AOTInductor package of export_sampler instead; the chain with gradient (the actor step) stays
+    with torch.compile. Same random numbers and the same actions to float rounding. Where compiling does not work (no
+    C++ compiler, an unsupported platform), one line says so and the sampler stays eager."""
     import torch._dynamo
     import torch._inductor.config
 
     torch._inductor.config.cpp_wrapper = device.type == "cpu"
     torch._inductor.config.fallback_random = True  # torch's own random streams, as without --compile
     compiled = torch.compile(actor.sample, dynamic=False)
-    try:  # compile the batch-1 graph now, so that a platform without torch.compile fails here and not mid-run
+    try:  # compile now, so that a platform without a working compiler fails here and not mid-run
         with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            compiled(torch.zeros(1, actor.obs_dim, device=device))  # draws no random numbers of the run
+            if device.type == "cpu":
+                exported = export_sampler(actor)
+            else:  # the batch-1 graph
+                compiled(torch.zeros(1, actor.obs_dim, device=device))  # draws no random numbers of the run
     except Exception as e:
         print(f"--compile: torch.compile does not work here ({error_summary(e)}); the sampler runs eagerly")
         return
     torch._dynamo.config.suppress_errors = True  # a later graph that fails to compile runs eagerly
-    actor.sample = compiled
+    if device.type != "cpu":
+        actor.sample = compiled
+        return
+
+    def sample(obs, noise=None, keep_chain=False):
+        if keep_chain or torch.is_grad_enabled():
+            return compiled(obs, noise, keep_chain)
+        if noise is None:  # the draw of DiffusionActor.sample: the same random numbers
+            noise = torch.randn(actor.T, obs.shape[0], actor.act_dim, device=obs.device)
+        return exported(obs, noise)
+
+    actor.sample = sample
 
 
 def explore(actor, obs, alpha, noise_scale):
@@ -509,20 +566,10 @@ def q_grad_loss(eps, q_fn, obs, chain, weights, normalise=True, one_step=False):
 
 
 # ALGO LOGIC: entropy regulator, one GMM per state fitted by batched EM (DACER; ALGORITHM.md §2)
-@torch.no_grad()
-def gmm_entropy(samples, num_components=3, max_iter=100, tol=1e-3, reg_covar=1e-6, seed=42):
-    """Per-state entropy of a full-covariance GMM fitted to samples (B, N, d); returns (B,) in float64.
-
-    H = -sum_k w_k log w_k + sum_k w_k [d/2 (1 + log 2 pi) + 1/2 log det Sigma_k]. Follows sklearn's GaussianMixture
-    defaults closely (k-means init, <= 100 EM iterations, tol 1e-3 on the mean log-likelihood, reg 1e-6); differences:
-    10 Lloyd iterations for the init, convergence tested every 10 EM iterations, all states stop together.
-    """
-    x = samples.double()
+def kmeans_init(x, K, gen):
+    """sklearn's GMM initialisation, per state: k-means++ seeding, then 10 Lloyd iterations on x (B, N, d); returns
+    the hard responsibilities (B, K, N)."""
     B, N, d = x.shape
-    K = num_components
-    gen = torch.Generator(device=x.device).manual_seed(seed)
-    eye = torch.eye(d, dtype=x.dtype, device=x.device)
-    # k-means initialisation: k-means++ seeding, then Lloyd iterations -> hard responsibilities
     first = torch.randint(0, N, (B, 1), generator=gen, device=x.device)
     means = x.gather(1, first[..., None].expand(B, 1, d))
     for _ in range(K - 1):
@@ -530,26 +577,50 @@ def gmm_entropy(samples, num_components=3, max_iter=100, tol=1e-3, reg_covar=1e-
         pick = torch.multinomial(dist2 + 1e-12, 1, generator=gen)
         means = torch.cat([means, x.gather(1, pick[..., None].expand(B, 1, d))], 1)
     for _ in range(10):
-        labels = torch.cdist(x, means).argmin(-1)
-        resp = F.one_hot(labels, K).to(x.dtype)
-        means = (resp.transpose(1, 2) @ x + means * 1e-10) / (resp.sum(1)[..., None] + 1e-10)
+        resp = F.one_hot(torch.cdist(x, means).argmin(-1), K).transpose(1, 2).to(x.dtype)
+        means = (resp @ x + means * 1e-10) / (resp.sum(2)[..., None] + 1e-10)
+    return resp
+
+
+@torch.no_grad()
+def gmm_entropy(samples, num_components=3, max_iter=100, tol=1e-3, reg_covar=1e-6, seed=42):
+    """Per-state entropy of a full-covariance GMM fitted to samples (B, N, d); returns (B,) in float64.
+
+    H = -sum_k w_k log w_k + sum_k w_k [d/2 (1 + log 2 pi) + 1/2 log det Sigma_k]. Follows sklearn's GaussianMixture
+    defaults closely (k-means init, <= 100 EM iterations, tol 1e-3 on the mean log-likelihood, reg 1e-6); differences:
+    10 Lloyd iterations for the init, convergence tested every 10 EM iterations, all states stop together.
+    Each EM step is two batched products with the per-sample features f = [x x^T, x, 1]: the M-step's sums
+    sum_n r_nk f_n, and the E-step's log-densities, which are linear in f (2x faster than forming x - mu_k).
+    """
+    x = samples.double()
+    B, N, d = x.shape
+    K = num_components
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    resp = kmeans_init(x, K, torch.Generator(device=x.device).manual_seed(seed))  # (B, K, N)
+    features = torch.cat([(x[..., :, None] * x[..., None, :]).flatten(2), x, torch.ones_like(x[..., :1])], -1)
+    features_t = features.transpose(1, 2).contiguous()  # (B, d*d + d + 1, N)
     prev_ll = torch.full((B,), -torch.inf, dtype=x.dtype, device=x.device)
     for it in range(max_iter + 1):
-        # M-step: weights, means, covariances from responsibilities (B, N, K)
-        nk = resp.sum(1) + 10 * torch.finfo(x.dtype).eps
-        weights, means = nk / N, (resp.transpose(1, 2) @ x) / nk[..., None]
-        diff = x[:, None] - means[:, :, None]  # (B, K, N, d)
-        cov = (resp.transpose(1, 2)[..., None] * diff).transpose(-1, -2) @ diff / nk[..., None, None] + reg_covar * eye
+        # M-step: weights, means, covariances from sum_n r_nk [x x^T, x, 1] = [S_k, m_k, n_k]
+        sums = resp @ features  # (B, K, d*d + d + 1)
+        nk = sums[..., -1] + 10 * torch.finfo(x.dtype).eps
+        weights, means = nk / N, sums[..., d * d : -1] / nk[..., None]
+        second_moment = sums[..., : d * d].view(B, K, d, d) / nk[..., None, None]
+        cov = second_moment - means[..., :, None] * means[..., None, :] + reg_covar * eye
         chol = torch.linalg.cholesky_ex(cov)[0]
         log_det = 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (B, K)
         if it == max_iter:
             break
-        # E-step: log w_k N(x | mu_k, Sigma_k) and responsibilities
-        maha = torch.linalg.solve_triangular(chol, diff.transpose(-1, -2), upper=False).square().sum(-2)  # (B, K, N)
-        log_prob = (weights.log() - 0.5 * (d * math.log(2 * math.pi) + log_det))[..., None] - 0.5 * maha
-        log_norm = log_prob.logsumexp(1)  # (B, N)
-        resp = (log_prob - log_norm[:, None]).exp().transpose(1, 2)
-        ll = log_norm.mean(1)
+        # E-step: log w_k N(x | mu_k, Sigma_k) = -x'Px/2 + (P mu)'x - mu'P mu/2 - (d log 2 pi + log det)/2 + log w_k
+        precision = torch.cholesky_inverse(chol)  # P = Sigma_k^-1
+        precision_mean = (precision @ means[..., None]).squeeze(-1)  # (B, K, d)
+        const = weights.log() - 0.5 * (d * math.log(2 * math.pi) + log_det + (precision_mean * means).sum(-1))
+        log_prob = torch.cat([-0.5 * precision.flatten(2), precision_mean, const[..., None]], -1) @ features_t
+        top = log_prob.amax(1, keepdim=True)  # (B, 1, N): logsumexp over the components, by hand (one exp)
+        prob = (log_prob - top).exp_()
+        total = prob.sum(1, keepdim=True)
+        resp = prob.div_(total)  # (B, K, N)
+        ll = (top + total.log()).mean((1, 2))
         if it % 10 == 9 and bool(((ll - prev_ll).abs() < tol).all()):
             prev_ll = ll
             break

@@ -278,6 +278,36 @@ def test_gmm_entropy_on_three_separated_gaussians_adds_log_3():
     assert estimate == pytest.approx(expected, abs=0.05 * abs(expected) + 0.05)
 
 
+def test_gmm_em_matches_the_textbook_em_from_the_same_init():
+    """gmm_entropy's EM (sums and log-densities as products with [x x^T, x, 1]) equals the textbook EM on x - mu_k
+    (sklearn's; scipy's Gaussian log-density), state by state, from the same k-means init and for the same 20
+    iterations (tol = 0: no early stop), on clustered and on clamped data with many samples at the bound."""
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+
+    torch.manual_seed(0)
+    centres = torch.randn(8, 3, 3) * 0.5
+    clustered = centres.repeat_interleave(50, 1) + 0.1 * torch.randn(8, 150, 3)
+    for samples in (clustered, (0.8 * torch.randn(8, 150, 3)).clamp(-1, 1)):
+        x = samples.double()
+        init = dacer.kmeans_init(x, 3, torch.Generator().manual_seed(42)).numpy()  # (B, K, N)
+        expected = []
+        for b, xb in enumerate(x.numpy()):
+            resp = init[b].T  # (N, K)
+            for it in range(21):
+                nk = resp.sum(0) + 10 * np.finfo(np.float64).eps
+                w, mu = nk / len(xb), resp.T @ xb / nk[:, None]
+                cov = [(resp[:, k] * (xb - mu[k]).T) @ (xb - mu[k]) / nk[k] + 1e-6 * np.eye(3) for k in range(3)]
+                if it == 20:
+                    break
+                log_p = np.stack([np.log(w[k]) + multivariate_normal(mu[k], cov[k]).logpdf(xb) for k in range(3)], 1)
+                resp = np.exp(log_p - logsumexp(log_p, 1, keepdims=True))
+            gaussian = [multivariate_normal(mu[k], cov[k]).entropy() for k in range(3)]
+            expected.append(-(w * np.log(w)).sum() + (w * gaussian).sum())
+        got = dacer.gmm_entropy(samples, max_iter=20, tol=0.0)
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-8, atol=1e-8)
+
+
 @pytest.mark.parametrize("all_rows", [False, True])
 def test_smaller_critic_mean_gradient_matches_autograd_through_both_critics(all_rows, monkeypatch):
     """TwinCritic.smaller_mean (backward through each row's smaller critic only) gives autograd's value and action
