@@ -39,7 +39,7 @@ class Args:
     torch_threads: int = 1
     """the number of CPU threads of torch (1 is fastest for these small networks, and safe for parallel runs)"""
     compile: bool = False
-    """if toggled, run the reverse sampler through torch.compile (README "Efficiency"); eager where it cannot"""
+    """if toggled, compile the sampler (AOTInductor and torch.compile; README "Efficiency"); eager where it cannot"""
     track: bool = False
     """if toggled, track the run with Weights and Biases (needs `pip install wandb`)"""
     wandb_project_name: str = "dacerv2"
@@ -290,12 +290,14 @@ class SmallerCriticMean(torch.autograd.Function):
         for c in range(2):
             is_smaller = smaller == c
             rows = SmallerCriticMean.rows(is_smaller)
-            g = (grad * is_smaller)[rows, None] * ctx.weights[-1][c, 0]  # d mu_c / d(last hidden layer)
+            # the rows gathered with index_select: 5x faster than indexing with a tensor on CPU
+            g = (grad * is_smaller).index_select(0, rows)[:, None] * ctx.weights[-1][c, 0]  # d mu_c / d(last hidden)
             for layer in reversed(range(1, len(pre_activations))):
-                g = torch.ops.aten.gelu_backward(g, pre_activations[layer][c, rows]) @ ctx.weights[layer][c]
-            g = torch.ops.aten.gelu_backward(g, pre_activations[0][c, rows])
+                pre = pre_activations[layer][c].index_select(0, rows)
+                g = torch.ops.aten.gelu_backward(g, pre) @ ctx.weights[layer][c]
+            g = torch.ops.aten.gelu_backward(g, pre_activations[0][c].index_select(0, rows))
             w_actions = ctx.weights[0][c, :, -ctx.act_dim :]  # the first layer's input is [s, a]
-            grad_actions[rows] += (w_actions.t() @ g.t()).t()  # = g @ w_actions, 2x faster in MKL with 3 outputs
+            grad_actions.index_add_(0, rows, (w_actions.t() @ g.t()).t())  # = g @ w_actions, 2x faster in MKL
         return None, grad_actions, None
 
 

@@ -77,7 +77,8 @@ def parse_args():
         "--iterations", type=int, default=400, help="training iterations measured after the warm-up (default: 400)"
     )
     parser.add_argument(
-        "--compile", action="store_true", help="run the sampler through torch.compile (the script's --compile)"
+        "--compile", action="store_true", help="compile the sampler, as the script's --compile does (on the CPU: an "
+        "AOTInductor package for the calls without gradient, torch.compile for the chain with gradient)",
     )
     parser.add_argument(
         "--rounds", type=int, default=3, help="rounds in which the algorithms take turns (default: 3)"
