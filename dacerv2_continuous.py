@@ -450,7 +450,7 @@ def export_sampler(actor):
     """The no-grad sampler as an AOTInductor package (torch.export, then inductor's C++ kernels and wrapper): one
     package for every batch size, with the weights as inputs, so that it follows every in-place optimizer step. It
     runs without torch.compile's guards and Python wrapper: 0.08 ms per single-state action on one CPU thread, against
-    0.11 ms through torch.compile and 0.27 ms eagerly. Returns sample(obs, noise)."""
+    0.12 ms through torch.compile and 0.27 ms eagerly (README "Efficiency"). Returns sample(obs, noise)."""
     import torch._inductor
 
     weights = list(actor.parameters())
