@@ -21,8 +21,8 @@ def test_dacerv2_solves_pendulum(tmp_path):
     learning rates of 1e-3. About 80 s on one core of the 2-core CI machine.
 
     Measured on this machine (best evaluation return over the 10 evaluations):
-    - as is: seed 1 -150.6, seed 2 -151.3, seed 3 -150.0; with --q-grad-coef 0 (seed 4) -100.1.
-    - with the sign of L_q flipped (actor_loss = +min Q, seed 1): -1207.3 (evaluations -1582 .. -1207): fails.
+    - as is (commit ad7491a): seed 1 -153.3, seed 2 -124.5, seed 3 -122.7; with --q-grad-coef 0 (seed 4) -102.4.
+    - with the sign of L_q flipped (actor_loss = +min Q, seed 1): -1179.0 (evaluations -1618 .. -1179): fails.
     - a uniformly random policy scores about -1200 to -1800 on Pendulum-v1.
     """
     result = subprocess.run([sys.executable, SCRIPT, *PENDULUM], cwd=tmp_path, capture_output=True, text=True,
