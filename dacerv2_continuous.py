@@ -419,6 +419,10 @@ class DiffusionActor(nn.Module):
         """a0 = sample(obs, noise): what torch.export traces for --compile (export_sampler)."""
         return self.sample(obs, noise)
 
+    def draw_noise(self, obs):
+        """The sampler's random numbers for a batch of states, (T, B, d): see sample."""
+        return torch.randn(self.T, obs.shape[0], self.act_dim, device=obs.device)
+
     def sample(self, obs, noise=None, keep_chain=False):
         """Reverse DDPM chain, j = T-1 .. 0 (ALGORITHM.md §1.2), differentiable end to end.
 
@@ -427,7 +431,7 @@ class DiffusionActor(nn.Module):
         for L_g (gradient to theta only, x_j as data), each stacked as (T, B, d) (index j).
         """
         if noise is None:
-            noise = torch.randn(self.T, obs.shape[0], self.act_dim, device=obs.device)
+            noise = self.draw_noise(obs)
         base, w_x = self.first_layer(obs)
         base = base.unbind(0)  # one tensor per step: its backward stacks T gradients instead of filling and adding
         trunk_params = [p for layer in self.trunk for p in (layer.weight, layer.bias)] if keep_chain else None
@@ -508,9 +512,7 @@ def compile_sampler(actor, device):
     def sample(obs, noise=None, keep_chain=False):
         if keep_chain or torch.is_grad_enabled():
             return compiled(obs, noise, keep_chain)
-        if noise is None:  # the draw of DiffusionActor.sample: the same random numbers
-            noise = torch.randn(actor.T, obs.shape[0], actor.act_dim, device=obs.device)
-        return exported(obs, noise)
+        return exported(obs, actor.draw_noise(obs) if noise is None else noise)  # the same random numbers as eager
 
     actor.sample = sample
 
@@ -624,7 +626,6 @@ def gmm_entropy(samples, num_components=3, max_iter=100, tol=1e-3, reg_covar=1e-
         resp = prob.div_(total)  # (B, K, N)
         ll = (top + total.log()).mean((1, 2))
         if it % 10 == 9 and bool(((ll - prev_ll).abs() < tol).all()):
-            prev_ll = ll
             break
         prev_ll = ll
     gaussian = 0.5 * d * (1 + math.log(2 * math.pi)) + 0.5 * log_det
