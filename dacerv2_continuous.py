@@ -47,7 +47,7 @@ class Args:
     wandb_entity: Optional[str] = None
     """the entity (team) of the wandb project"""
     capture_video: bool = False
-    """whether to capture videos of the agent (in the `videos` folder; needs `pip install moviepy`)"""
+    """whether to record videos of env 0 (in `videos/RUN_NAME`; README: Set-up, for rendering without a display)"""
     save_model: bool = False
     """whether to save a checkpoint to `runs/{run_name}/{exp_name}.pt` at the end of training"""
     checkpoint_frequency: int = 0
@@ -844,6 +844,16 @@ if __name__ == "__main__":
             import moviepy  # noqa: F401
         except ImportError:
             fail("--capture-video needs moviepy: pip install moviepy")
+        try:  # one frame now: a machine that cannot render fails here, in one line, not at the first reset
+            with warnings.catch_warnings(), gym.make(env_id, render_mode="rgb_array") as env:
+                warnings.simplefilter("ignore")  # GLFW's warnings on a machine without a display
+                env.reset(seed=args.seed)
+                env.render()
+        except Exception as e:
+            mujoco_hint = ("; MuJoCo without a display needs MUJOCO_GL=egl (GPU driver) or MUJOCO_GL=osmesa "
+                           "(apt install libosmesa6; pip install PyOpenGL)")  # fmt: skip
+            is_mujoco = "mujoco" in str(gym.spec(env_id).entry_point)
+            fail(f"--capture-video: {env_id} cannot render here ({error_summary(e, 200)}){mujoco_hint * is_mujoco}")
     if args.track:
         try:
             import wandb

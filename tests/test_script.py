@@ -113,3 +113,40 @@ def test_compile_runs_end_to_end(tmp_path):
     assert "--compile: torch.compile does not work here" not in result.stdout
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert "losses/q_grad_loss" in read_events(run_dir).Tags()["scalars"]
+
+
+def test_capture_video_records_the_episodes_of_env_0(tmp_path):
+    """--capture-video: gymnasium's RecordVideo (moviepy) on env 0, in videos/RUN_NAME; MultiGoal draws with matplotlib,
+    so this needs no display. Episodes 0 and 1 are recorded (gymnasium's cubic schedule), each frame by frame."""
+    import imageio
+
+    args = ["--env-id", "MultiGoal-v0", "--capture-video", "--num-envs", "1", "--total-timesteps", "250",
+            "--learning-starts", "100", "--batch-size", "32", "--hidden-dim", "32", "--eval-frequency", "1000000"]  # fmt: skip
+    result = run(args, tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    videos = tmp_path / "videos" / run_dir.name
+    assert {"rl-video-episode-0.mp4", "rl-video-episode-1.mp4"} <= {p.name for p in videos.iterdir()}
+    frames = [frame for frame in imageio.get_reader(videos / "rl-video-episode-0.mp4")]  # list() would ask its len: inf
+    assert len(frames) > 1 and frames[0].shape == (400, 400, 3) and frames[0].std() > 0
+
+
+def test_capture_video_without_a_display_fails_at_start_in_one_line(tmp_path):
+    """MuJoCo's default renderer (GLFW) with no display: one line that names the headless settings, before any run."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")} | {"MUJOCO_GL": "glfw"}
+    result = subprocess.run([sys.executable, SCRIPT, "--env-id", "Hopper-v4", "--capture-video", *TINY], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(errors) == 1 and errors[0].startswith("error: --capture-video: Hopper-v4 cannot render here (")
+    assert "MUJOCO_GL=egl" in errors[0] and "MUJOCO_GL=osmesa" in errors[0]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "videos").exists()
+
+
+def test_capture_video_without_moviepy_fails_in_one_line(tmp_path):
+    code = (f"import runpy, sys; sys.modules['moviepy'] = None; sys.argv = [{SCRIPT!r}, '--capture-video']; "
+            f"runpy.run_path({SCRIPT!r}, run_name='__main__')")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert errors == ["error: --capture-video needs moviepy: pip install moviepy"]
