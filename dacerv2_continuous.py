@@ -824,13 +824,29 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     env_id = resolve_env_id(args.env_id)
+    if args.capture_video:
+        try:
+            import moviepy  # noqa: F401
+        except ImportError:
+            fail("--capture-video needs moviepy: pip install moviepy")
     try:
-        probe = gym.make(env_id)
+        probe = gym.make(env_id, render_mode="rgb_array" if args.capture_video else None)
     except Exception as e:  # e.g. a missing optional dependency of the env
         fail(f"cannot make {env_id}: {error_summary(e, 150)}")
     spaces = (probe.observation_space, probe.action_space)
     if not all(isinstance(space, gym.spaces.Box) and len(space.shape) == 1 for space in spaces):
         fail(f"{env_id} has {spaces[0]} observations and a {spaces[1]} action space; DACERv2 needs flat Box spaces")
+    if args.capture_video:
+        try:  # one frame now: a machine that cannot render fails here, in one line, not at the first reset
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # GLFW's warnings on a machine without a display
+                probe.reset(seed=args.seed)
+                probe.render()
+        except Exception as e:
+            mujoco_hint = ("; MuJoCo without a display needs MUJOCO_GL=egl (GPU driver) or MUJOCO_GL=osmesa "
+                           "(apt install libosmesa6; pip install PyOpenGL)")  # fmt: skip
+            is_mujoco = "mujoco" in str(gym.spec(env_id).entry_point)
+            fail(f"--capture-video: {env_id} cannot render here ({error_summary(e, 200)}){mujoco_hint * is_mujoco}")
     probe.close()
     task = env_id.rpartition("-")[0]
     task = "MultiGoal" if task.startswith("MultiGoal") else task
@@ -839,21 +855,6 @@ if __name__ == "__main__":
         q_grad_coef = Q_GRAD_COEF.get(task, DEFAULT_Q_GRAD_COEF)
         source = "README: Multimodality" if task == "MultiGoal" else "paper Table 5"
         print(f"q_grad_coef (eta) = {q_grad_coef} for {task} ({source}; set it with --q-grad-coef)")
-    if args.capture_video:
-        try:
-            import moviepy  # noqa: F401
-        except ImportError:
-            fail("--capture-video needs moviepy: pip install moviepy")
-        try:  # one frame now: a machine that cannot render fails here, in one line, not at the first reset
-            with warnings.catch_warnings(), gym.make(env_id, render_mode="rgb_array") as env:
-                warnings.simplefilter("ignore")  # GLFW's warnings on a machine without a display
-                env.reset(seed=args.seed)
-                env.render()
-        except Exception as e:
-            mujoco_hint = ("; MuJoCo without a display needs MUJOCO_GL=egl (GPU driver) or MUJOCO_GL=osmesa "
-                           "(apt install libosmesa6; pip install PyOpenGL)")  # fmt: skip
-            is_mujoco = "mujoco" in str(gym.spec(env_id).entry_point)
-            fail(f"--capture-video: {env_id} cannot render here ({error_summary(e, 200)}){mujoco_hint * is_mujoco}")
     if args.track:
         try:
             import wandb

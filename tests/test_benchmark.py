@@ -211,7 +211,7 @@ def test_ablation_dry_run(tmp_path):
     result = bash("ablation.sh", "--dry-run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == len(set(lines)) == 55  # 11 configurations x 5 seeds, shared reference runs once
+    assert len(lines) == len(set(lines)) == 55  # the paper's 11 configurations x 5 seeds, shared runs once
     exp_names = {shlex.split(line)[7] for line in lines}
     assert len(exp_names) == 11
     tails = {" ".join(shlex.split(line)[2:-3]) for line in lines}
@@ -227,6 +227,12 @@ def test_ablation_dry_run(tmp_path):
         "--env-id Hopper-v4 --seed 7 --exp-name ablation_T2 --diffusion-steps 2 --cuda",
         "--env-id Hopper-v4 --seed 7 --exp-name ablation_full --cuda",
         "--env-id Hopper-v4 --seed 7 --exp-name ablation_T10 --diffusion-steps 10 --cuda",
+    ]
+    args = ["--dry-run", "--groups", "onestep", "--env", "Hopper-v4", "--seeds", "7"]  # ours, not a paper ablation
+    onestep = bash("ablation.sh", *args, cwd=tmp_path).stdout.splitlines()
+    assert [" ".join(shlex.split(line)[2:-3]) for line in onestep] == [
+        "--env-id Hopper-v4 --seed 7 --exp-name ablation_full",
+        "--env-id Hopper-v4 --seed 7 --exp-name ablation_q_grad_one_step --q-grad-one-step",
     ]
 
 
