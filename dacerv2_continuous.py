@@ -160,7 +160,7 @@ def make_env(env_id, seed, idx, capture_video, run_name):
             env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
         env = gym.wrappers.RecordEpisodeStatistics(env)
         # TRY NOT TO MODIFY: the policy acts in [-1, 1]^d; this wrapper is the one place that maps to env bounds
-        env = gym.wrappers.RescaleAction(env, -1.0, 1.0)
+        env = gym.wrappers.RescaleAction(env, np.float32(-1.0), np.float32(1.0))  # float32: no precision warning
         env.action_space.seed(seed)
         return env
 
@@ -674,9 +674,15 @@ def env_layers(env):
 
 def env_state(env):
     """What makes a sub-env continue exactly: plain-data attributes of every wrapper (step counters, episode
-    statistics) and of the env, its RNGs, and for MuJoCo envs the full integration state (mj_getState)."""
-    layers = [{k: copy.deepcopy(v) for k, v in vars(layer).items() if isinstance(v, PLAIN_DATA)}
-              for layer in env_layers(env)]  # fmt: skip
+    statistics) and of the env, its RNGs, and for MuJoCo envs the full integration state (mj_getState). A video being
+    recorded (--capture-video) is left out: its frames would fill the checkpoint, and the resumed run records from the
+    next scheduled episode on (the interrupted run saved the part it had when it closed)."""
+    layers = []
+    for layer in env_layers(env):
+        attributes = {k: v for k, v in vars(layer).items() if isinstance(v, PLAIN_DATA)}
+        if isinstance(layer, gym.wrappers.RecordVideo):
+            attributes |= {"recording": False, "recorded_frames": [], "render_history": [], "_video_name": None}
+        layers.append(copy.deepcopy(attributes))
     u = env.unwrapped
     state = {"layers": layers, "rng": u.np_random.bit_generator.state,
              "action_rng": env.action_space.np_random.bit_generator.state}  # fmt: skip

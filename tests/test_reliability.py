@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -53,6 +54,34 @@ def test_resume_with_buffer_is_bit_identical(tmp_path):
     assert scalars(straight, "charts/episodic_return") == scalars(split, "charts/episodic_return")
     # the split run has one extra evaluation (the end of its first half); every other one is identical
     assert set(scalars(straight, "eval/episodic_return")) <= set(scalars(split, "eval/episodic_return"))
+
+
+def test_a_video_in_progress_stays_out_of_the_checkpoint(tmp_path, monkeypatch):
+    """--capture-video: env_state keeps RecordVideo's counters but not the frames of the episode it is recording, and
+    the resumed env records again only from the next scheduled episode (it does not write over an earlier video)."""
+    import pickle
+
+    import dacerv2_continuous as dacer
+    import multigoal_env  # noqa: F401  (registers MultiGoal-v0)
+
+    monkeypatch.chdir(tmp_path)
+    env = dacer.make_env("MultiGoal-v0", 0, 0, True, "run")()
+    env.reset(seed=0)
+    for _ in range(5):
+        env.step(env.action_space.sample())
+    video = next(layer for layer in dacer.env_layers(env) if isinstance(layer, dacer.gym.wrappers.RecordVideo))
+    assert video.recording and len(video.recorded_frames) == 6  # episode 0: the reset's frame and 5 steps
+    state = dacer.env_state(env)
+    assert len(pickle.dumps(state)) < 50_000  # 6 frames of 400 x 400 x 3 bytes would be 2.9 MB
+    resumed = dacer.make_env("MultiGoal-v0", 0, 0, True, "run")()
+    resumed.reset(seed=1)  # as the resumed script does before it restores the state: starts "episode 0" anew
+    dacer.set_env_state(resumed, state)
+    resumed_video = next(layer for layer in dacer.env_layers(resumed) if isinstance(layer, type(video)))
+    assert not resumed_video.recording and resumed_video.recorded_frames == []
+    assert (resumed_video.episode_id, resumed_video.step_id) == (video.episode_id, video.step_id) == (0, 4)
+    np.testing.assert_array_equal(resumed.unwrapped._state, env.unwrapped._state)
+    env.close(), resumed.close()
+    assert [p.name for p in (tmp_path / "videos" / "run").iterdir()] == ["rl-video-episode-0.mp4"]  # the first run's
 
 
 def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path):
