@@ -73,7 +73,8 @@ def test_a_video_in_progress_stays_out_of_the_checkpoint(tmp_path, monkeypatch):
     assert video.recording and len(video.recorded_frames) == 6  # episode 0: the reset's frame and 5 steps
     state = dacer.env_state(env)
     assert len(pickle.dumps(state)) < 50_000  # 6 frames of 400 x 400 x 3 bytes would be 2.9 MB
-    resumed = dacer.make_env("MultiGoal-v0", 0, 0, True, "run")()
+    with pytest.warns(UserWarning, match="Overwriting existing videos"):  # gymnasium's, for the run's own folder
+        resumed = dacer.make_env("MultiGoal-v0", 0, 0, True, "run")()
     resumed.reset(seed=1)  # as the resumed script does before it restores the state: starts "episode 0" anew
     dacer.set_env_state(resumed, state)
     resumed_video = next(layer for layer in dacer.env_layers(resumed) if isinstance(layer, type(video)))
