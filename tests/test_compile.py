@@ -6,12 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch._dynamo.utils import counters
 
 import dacerv2_continuous as dacer
 
 REPO = Path(__file__).resolve().parents[1]
+# torch's own code calls its deprecated torch.jit.script_method while compiling; outside pytest Python hides it
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 
 
 def twin_actors():
