@@ -113,7 +113,7 @@ class Args:
     num_layers: int = 2
     """the number of hidden layers of the actor and critics (paper Table 6: 2; DACER code: 3)"""
     eval_frequency: int = 15_000
-    """the evaluation interval, in iterations (a final evaluation always runs at the end)"""
+    """the evaluation interval, in iterations (and once more when the run reaches --total-timesteps)"""
     eval_episodes: int = 10
     """the number of episodes per evaluation"""
 
@@ -314,32 +314,15 @@ def mish_slope(x, t, e):
     return (1 - t * t).mul_(x).mul_(e.div(e + 1)).add_(t)
 
 
-class MishFunction(torch.autograd.Function):
-    """Mish(x) = x tanh(softplus(x)) from one exp2, with an analytic backward that reuses the forward's terms.
-
-    Same values as F.mish (to float rounding); its forward takes about a third of F.mish's CPU time.
-    """
-
-    @staticmethod
-    def forward(ctx, x):
-        e, t = exp_and_tanh_softplus(x)
-        ctx.save_for_backward(x, t, e)
-        return x * t
-
-    @staticmethod
-    def backward(ctx, grad):
-        return mish_slope(*ctx.saved_tensors).mul_(grad)
-
-
 def mish(x):
-    """Mish on CPU from one exp2; torch's single-kernel F.mish on GPU and on tiny tensors (batch-1 inference), where
-    one op costs less than four. Under torch.compile / torch.export the exp2 form, which inductor fuses into one
-    kernel: 1.5x faster there on CPU than its F.mish."""
-    if torch.compiler.is_compiling():
+    """Mish(x) = x tanh(softplus(x)). Without autograd on CPU (the sampler's calls for acting, a' and the GMM), from one
+    exp2: a third of F.mish's time. Under torch.compile / torch.export the same form, which inductor fuses into one
+    kernel (1.5x faster there on CPU than its F.mish). Elsewhere torch's single-kernel F.mish: on GPU, on tiny tensors
+    (batch-1 inference, where one op costs less than four) and with autograd (the training chain computes its Mish
+    and slope itself: NoisePredictionForBothLosses)."""
+    if torch.compiler.is_compiling() or not (x.is_cuda or x.numel() <= 1024 or torch.is_grad_enabled()):
         return x * exp_and_tanh_softplus(x)[1]
-    if x.is_cuda or x.numel() <= 1024:
-        return F.mish(x)
-    return MishFunction.apply(x) if torch.is_grad_enabled() else x * exp_and_tanh_softplus(x)[1]
+    return F.mish(x)
 
 
 class NoisePredictionForBothLosses(torch.autograd.Function):
@@ -373,7 +356,7 @@ class NoisePredictionForBothLosses(torch.autograd.Function):
         for weight, mish_h, slope in reversed(layers):
             param_grads = [grad[-1].t() @ mish_h, grad[-1].sum(0), *param_grads]
             grad = torch.matmul(grad, weight).mul_(slope)  # back through the layer and the Mish before it
-        # the products with 3 = dim(A) outputs written the way round that MKL multiplies fastest (2x and 5x)
+        # the products with dim(A) outputs (3 on Hopper) written the way round that MKL multiplies fastest (2x and 5x)
         grad_x = None if grad_q is None else (w_x.t() @ grad[0].t()).t()
         return grad[-1], (x.t() @ grad[-1]).t(), grad_x, *param_grads
 
@@ -571,8 +554,8 @@ def q_grad_loss(eps, q_fn, obs, chain, weights, normalise=True, one_step=False):
 
 # ALGO LOGIC: entropy regulator, one GMM per state fitted by batched EM (DACER; ALGORITHM.md §2)
 def kmeans_init(x, K, gen):
-    """sklearn's GMM initialisation, per state: k-means++ seeding, then 10 Lloyd iterations on x (B, N, d); returns
-    the hard responsibilities (B, K, N)."""
+    """sklearn's GMM initialisation, per state, simplified: k-means++ seeding with one candidate per centre (sklearn's
+    greedy variant tries 2 + ln K), then 10 Lloyd iterations on x (B, N, d); returns hard responsibilities (B, K, N)."""
     B, N, d = x.shape
     first = torch.randint(0, N, (B, 1), generator=gen, device=x.device)
     means = x.gather(1, first[..., None].expand(B, 1, d))
@@ -592,7 +575,8 @@ def gmm_entropy(samples, num_components=3, max_iter=100, tol=1e-3, reg_covar=1e-
 
     H = -sum_k w_k log w_k + sum_k w_k [d/2 (1 + log 2 pi) + 1/2 log det Sigma_k]. Follows sklearn's GaussianMixture
     defaults closely (k-means init, <= 100 EM iterations, tol 1e-3 on the mean log-likelihood, reg 1e-6); differences:
-    10 Lloyd iterations for the init, convergence tested every 10 EM iterations, all states stop together.
+    the simplified init (kmeans_init), convergence tested every 10 EM iterations, all states stop together, and a
+    converged fit keeps the parameters from before its last E-step (sklearn does one more M-step).
     Each EM step is two batched products with the per-sample features f = [x x^T, x, 1]: the M-step's sums
     sum_n r_nk f_n, and the E-step's log-densities, which are linear in f (2x faster than forming x - mu_k).
     """
@@ -920,7 +904,7 @@ if __name__ == "__main__":
             critic.load_state_dict(checkpoint["critic"])
             critic_target.load_state_dict(checkpoint["critic_target"])
         except RuntimeError:
-            fail("--resume: the checkpoint's networks do not match these arguments (env, sizes, diffusion steps) "
+            fail("--resume: the checkpoint's networks do not match these arguments (--hidden-dim, --num-layers) "
                  "or this version of the script")
         for optimizer, name, lr in ((q_optimizer, "q_optimizer", args.q_lr), (actor_optimizer, "actor_optimizer",
                                      args.policy_lr), (alpha_optimizer, "alpha_optimizer", args.alpha_lr)):  # fmt: skip

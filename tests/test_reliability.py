@@ -155,7 +155,7 @@ def test_resume_refuses_a_checkpoint_with_other_networks_in_one_line(tmp_path):
     result = run(["--resume", "old.pt", "--total-timesteps", "800"], tmp_path)
     errors = [line for line in result.stderr.splitlines() if "Warn" not in line and "warn(" not in line]  # gymnasium's
     assert result.returncode == 2 and "Traceback" not in result.stderr and errors == [
-        "error: --resume: the checkpoint's networks do not match these arguments (env, sizes, diffusion steps) or "
+        "error: --resume: the checkpoint's networks do not match these arguments (--hidden-dim, --num-layers) or "
         "this version of the script"
     ]
 
