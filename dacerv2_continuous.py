@@ -138,12 +138,17 @@ def fail(message):
     sys.exit(2)
 
 
+def is_mujoco(env_id):
+    """Whether gymnasium registers env_id as one of its MuJoCo envs."""
+    return "mujoco" in str(getattr(gym.registry.get(env_id), "entry_point", ""))
+
+
 def resolve_env_id(env_id):
     """Returns the env id to run; the paper's mujoco-py ids (-v2/-v3) become the matching -v4 env."""
     name, _, version = env_id.rpartition("-")
     if name.startswith("MultiGoal"):
         import multigoal_env  # noqa: F401  (registers MultiGoal-v0 and MultiGoal{4,5,6}-v0)
-    if version in ("v2", "v3") and "mujoco" in str(getattr(gym.registry.get(f"{name}-v4"), "entry_point", "")):
+    if version in ("v2", "v3") and is_mujoco(f"{name}-v4"):
         print(f"{env_id} needs mujoco-py (MuJoCo 2.1), which gymnasium dropped: using {name}-v4 (README: Known differences)")
         return f"{name}-v4"
     if env_id not in gym.registry:
@@ -402,9 +407,11 @@ class DiffusionActor(nn.Module):
         """a0 = sample(obs, noise): what torch.export traces for --compile (export_sampler)."""
         return self.sample(obs, noise)
 
-    def draw_noise(self, obs):
-        """The sampler's random numbers for a batch of states, (T, B, d): see sample."""
-        return torch.randn(self.T, obs.shape[0], self.act_dim, device=obs.device)
+    def draw_noise(self, obs, generator=None):
+        """The sampler's random numbers for a batch of states, (T, B, d): see sample. Drawn from generator, on its
+        device, or else from torch's default stream on the states' device."""
+        device = obs.device if generator is None else generator.device
+        return torch.randn(self.T, obs.shape[0], self.act_dim, generator=generator, device=device)
 
     def sample(self, obs, noise=None, keep_chain=False):
         """Reverse DDPM chain, j = T-1 .. 0 (ALGORITHM.md §1.2), differentiable end to end.
@@ -636,8 +643,8 @@ def evaluate(actor, eval_envs, device, seed):
     gen = torch.Generator(device=device).manual_seed(seed)
     returns = np.full(eval_envs.num_envs, np.nan)
     while np.isnan(returns).any():
-        noise = torch.randn(actor.T, eval_envs.num_envs, actor.act_dim, generator=gen, device=device)
-        actions = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device), noise)
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        actions = actor.sample(obs, actor.draw_noise(obs, gen))
         obs, _, _, _, infos = eval_envs.step(actions.cpu().numpy())
         if "final_info" in infos:
             finished = infos["final_info"]["_episode"] & np.isnan(returns)
@@ -833,10 +840,9 @@ if __name__ == "__main__":
                 probe.reset(seed=args.seed)
                 probe.render()
         except Exception as e:
-            mujoco_hint = ("; MuJoCo without a display needs MUJOCO_GL=egl (GPU driver) or MUJOCO_GL=osmesa "
-                           "(apt install libosmesa6; pip install PyOpenGL)")  # fmt: skip
-            is_mujoco = "mujoco" in str(gym.spec(env_id).entry_point)
-            fail(f"--capture-video: {env_id} cannot render here ({error_summary(e, 200)}){mujoco_hint * is_mujoco}")
+            hint = ("; MuJoCo without a display needs MUJOCO_GL=egl (GPU driver) or MUJOCO_GL=osmesa (apt install "
+                    "libosmesa6; pip install PyOpenGL)") if is_mujoco(env_id) else ""  # fmt: skip
+            fail(f"--capture-video: {env_id} cannot render here ({error_summary(e, 200)}){hint}")
     probe.close()
     task = env_id.rpartition("-")[0]
     task = "MultiGoal" if task.startswith("MultiGoal") else task

@@ -245,9 +245,9 @@ def actor_policy(actor, seed=0):
     generator = torch.Generator().manual_seed(seed)
 
     def policy(obs):
-        noise = torch.randn(actor.T, len(obs), actor.act_dim, generator=generator).to(device)
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
         with torch.no_grad():
-            actions = actor.sample(torch.as_tensor(obs, dtype=torch.float32, device=device), noise=noise)
+            actions = actor.sample(obs, noise=actor.draw_noise(obs, generator).to(device))
         return actions.cpu().numpy()
 
     return policy

@@ -54,6 +54,8 @@ class SteeringActor(torch.nn.Module):
         self.goals = torch.tensor(goal_positions(num_goals), dtype=torch.float32)
         self.speed = torch.nn.Parameter(torch.ones(()))  # a parameter gives the actor a device
 
+    draw_noise = dacer.DiffusionActor.draw_noise  # the real actor's (T, B, d) noise
+
     def sample(self, obs, noise):
         num_goals = len(self.goals)
         drawn = torch.round(torch.atan2(noise[0, :, 1], noise[0, :, 0]) / (2 * torch.pi / num_goals)).long() % num_goals

@@ -17,8 +17,9 @@ TAGS = ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "eval/
         "losses/alpha_loss", "charts/entropy", "charts/update_ms"]  # fmt: skip
 
 
-def run(args, cwd):
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+def run(args, cwd, env=None, timeout=300):
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=env)  # fmt: skip
 
 
 def read_events(run_dir):
@@ -107,8 +108,7 @@ def test_compile_runs_end_to_end(tmp_path):
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
     args = [*TINY, "--env-id", "Pendulum-v1", "--num-envs", "2", "--compile", "--no-cuda",
             "--alpha-update-frequency", "50"]  # fmt: skip
-    result = subprocess.run([sys.executable, SCRIPT, *args], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                            env=env)  # fmt: skip
+    result = run(args, tmp_path, env=env, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "--compile: torch.compile does not work here" not in result.stdout
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -134,8 +134,7 @@ def test_capture_video_records_the_episodes_of_env_0(tmp_path):
 def test_capture_video_without_a_display_fails_at_start_in_one_line(tmp_path):
     """MuJoCo's default renderer (GLFW) with no display: one line that names the headless settings, before any run."""
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")} | {"MUJOCO_GL": "glfw"}
-    result = subprocess.run([sys.executable, SCRIPT, "--env-id", "Hopper-v4", "--capture-video", *TINY], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    result = run(["--env-id", "Hopper-v4", "--capture-video", *TINY], tmp_path, env=env)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert len(errors) == 1 and errors[0].startswith("error: --capture-video: Hopper-v4 cannot render here (")
