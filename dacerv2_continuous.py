@@ -3,6 +3,7 @@ import contextlib
 import copy
 import ctypes
 import difflib
+import importlib
 import io
 import math
 import os
@@ -108,6 +109,8 @@ class Args:
     """the number of components of the per-state GMM entropy estimate"""
     gmm_samples: int = 200
     """the number of sampled actions per state for the GMM entropy estimate"""
+    num_critics: int = 2
+    """the number of critics; targets and L_q, L_g use the smallest mean (paper: twin critics, 2)"""
     hidden_dim: int = 256
     """the width of the hidden layers of the actor and critics"""
     num_layers: int = 2
@@ -118,43 +121,13 @@ class Args:
     """the number of episodes per evaluation"""
 
 
-# η of paper Table 5 (two groups, ALGORITHM.md §4.4); tasks not listed use DEFAULT_Q_GRAD_COEF. MultiGoal deviates:
+# η of paper Table 5 (two groups of tasks, as we read the table); tasks not listed use DEFAULT_Q_GRAD_COEF. MultiGoal deviates:
 # with Table 5's 1.0 (as reconstructed) the policy collapses onto one goal, with 100 it reaches all (README).
 Q_GRAD_COEF = {
     "Hopper": 1.0, "Ant": 1.0, "HalfCheetah": 1.0, "Walker2d": 1.0, "MultiGoal": 100.0,
     "HumanoidStandup": 0.01, "Humanoid": 0.01, "Swimmer": 0.01, "InvertedDoublePendulum": 0.01,
 }  # fmt: skip
 DEFAULT_Q_GRAD_COEF = 1.0
-
-
-def error_summary(error, limit=None):
-    """`Type: first line of the message` of an exception (the message cut at limit characters), for one-line errors."""
-    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:limit]}"
-
-
-def fail(message):
-    """Bad user input: one line on stderr, exit status 2, no traceback."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def is_mujoco(env_id):
-    """Whether gymnasium registers env_id as one of its MuJoCo envs."""
-    return "mujoco" in str(getattr(gym.registry.get(env_id), "entry_point", ""))
-
-
-def resolve_env_id(env_id):
-    """Returns the env id to run; the paper's mujoco-py ids (-v2/-v3) become the matching -v4 env."""
-    name, _, version = env_id.rpartition("-")
-    if name.startswith("MultiGoal"):
-        import multigoal_env  # noqa: F401  (registers MultiGoal-v0 and MultiGoal{4,5,6}-v0)
-    if version in ("v2", "v3") and is_mujoco(f"{name}-v4"):
-        print(f"{env_id} needs mujoco-py (MuJoCo 2.1), which gymnasium dropped: using {name}-v4 (README: Known differences)")
-        return f"{name}-v4"
-    if env_id not in gym.registry:
-        close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.75)
-        fail(f"unknown env id {env_id!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
-    return env_id
 
 
 def make_env(env_id, seed, idx, capture_video, run_name):
@@ -205,7 +178,7 @@ class ReplayBuffer:
             getattr(self, k)[: self.size] = state[k].to(self.device)
 
 
-# ALGO LOGIC: VP noise schedule (paper App. D; ALGORITHM.md §1.1), network time index j = 0..T-1
+# ALGO LOGIC: VP noise schedule (paper App. D), network time index j = 0..T-1 (j = T-1: the first reverse step)
 def vp_schedule(T, b_min=0.1, b_max=10.0):
     """Per-step coefficients of the reverse sampler, in float64."""
     i = np.arange(1, T + 1)
@@ -229,304 +202,121 @@ def time_weight_coefficients(T, b_min=0.1, b_max=10.0):
     return (b_max - b_min) / T**2, -b_min / T - (b_max - b_min) * (2 * T - 1) / (2 * T**2)
 
 
-def layer_init_uniform(*shape, fan_in):
-    """PyTorch's default nn.Linear initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1 / math.sqrt(fan_in)
-    return nn.Parameter(torch.empty(*shape).uniform_(-bound, bound))
+# ALGO LOGIC: networks. Each is one plain nn.Module; every use (acting, a', the losses, the GMM, evaluation and the
+# compiled paths) calls it, and autograd computes every gradient (README: Modifying the script).
+class Mish(nn.Module):
+    """Mish(x) = x tanh(softplus(x)), the actor's activation (DACER). Written out, not nn.Mish: on the CPU these three
+    ops with autograd's backward take half the time of torch's fused Mish kernel and its backward."""
+
+    def forward(self, x):
+        return x * torch.tanh(F.softplus(x))
 
 
-class TwinCritic(nn.Module):
-    """Two Gaussian distributional critics Z_i(s, a) ~ N(mu_i, sigma_i^2) (DSAC-T), run as one batched MLP.
-
-    Weights are stacked along a leading dim of size 2, so both critics cost one batched matmul per layer. They are
-    stored (out, in) like nn.Linear's: MKL multiplies by a transposed (out, in) matrix with 2 outputs 5x faster.
-    """
-
-    def __init__(self, obs_dim, act_dim, hidden_dim, num_layers):
-        super().__init__()
-        sizes = [obs_dim + act_dim] + [hidden_dim] * num_layers + [2]
-        self.weights = nn.ParameterList(layer_init_uniform(2, o, i, fan_in=i) for i, o in zip(sizes[:-1], sizes[1:]))
-        self.biases = nn.ParameterList(layer_init_uniform(2, 1, o, fan_in=i) for i, o in zip(sizes[:-1], sizes[1:]))
-
-    def pre_activations(self, obs, actions):
-        """Each layer's output before its GELU, (2, B, .); the last one holds mu and sigma's pre-softplus."""
-        h = torch.cat([obs, actions], -1).expand(2, -1, -1)
-        outputs = []
-        for w, b in zip(self.weights, self.biases):
-            outputs.append(torch.baddbmm(b, F.gelu(outputs[-1]) if outputs else h, w.transpose(1, 2)))
-        return outputs
-
-    def forward(self, obs, actions):
-        """Returns mu, sigma of shape (2, B): one row per critic."""
-        out = self.pre_activations(obs, actions)[-1]
-        return out[..., 0], F.softplus(out[..., 1])
-
-    def smaller_mean(self, obs, actions):
-        """min(mu_1, mu_2)(s, a), (B,), for the actor's losses: differentiable in the actions only, with the critic
-        frozen (the actor step); the backward runs through the smaller critic of each row alone (SmallerCriticMean)."""
-        assert not any(p.requires_grad for p in self.parameters()), "freeze the critic with requires_grad_(False)"
-        return SmallerCriticMean.apply(obs, actions, self)
-
-
-class SmallerCriticMean(torch.autograd.Function):
-    """min(mu_1, mu_2)(s, a) of a frozen TwinCritic, with the gradient wrt the actions through the smaller critic of
-    each row only: half the matmuls of autograd, which runs both critics back (one of them with a zero gradient). On
-    GPU every row goes back through both critics, masked, because selecting the rows would synchronise with the host."""
-
-    @staticmethod
-    def forward(ctx, obs, actions, critic):
-        pre_activations = critic.pre_activations(obs, actions)
-        q, smaller = pre_activations[-1][..., 0].min(0)
-        ctx.weights, ctx.act_dim = list(critic.weights), actions.shape[-1]
-        ctx.save_for_backward(smaller, *pre_activations[:-1])
-        return q
-
-    @staticmethod
-    def rows(is_smaller):
-        """The rows that go back through a critic: those where it is the smaller; on GPU all of them (masked)."""
-        if is_smaller.is_cuda:
-            return torch.arange(len(is_smaller), device=is_smaller.device)
-        return is_smaller.nonzero().squeeze(1)
-
-    @staticmethod
-    def backward(ctx, grad):
-        smaller, *pre_activations = ctx.saved_tensors
-        grad_actions = grad.new_zeros(len(grad), ctx.act_dim)
-        for c in range(2):
-            is_smaller = smaller == c
-            rows = SmallerCriticMean.rows(is_smaller)
-            # the rows gathered with index_select: 5x faster than indexing with a tensor on CPU
-            g = (grad * is_smaller).index_select(0, rows)[:, None] * ctx.weights[-1][c, 0]  # d mu_c / d(last hidden)
-            for layer in reversed(range(1, len(pre_activations))):
-                pre = pre_activations[layer][c].index_select(0, rows)
-                g = torch.ops.aten.gelu_backward(g, pre) @ ctx.weights[layer][c]
-            g = torch.ops.aten.gelu_backward(g, pre_activations[0][c].index_select(0, rows))
-            w_actions = ctx.weights[0][c, :, -ctx.act_dim :]  # the first layer's input is [s, a]
-            grad_actions.index_add_(0, rows, (w_actions.t() @ g.t()).t())  # = g @ w_actions, 2x faster in MKL
-        return None, grad_actions, None
-
-
-def exp_and_tanh_softplus(x):
-    """e = exp(x) and tanh(softplus(x)) = n / (n + 2) with n = e (e + 2), from one exp2 (on CPU, torch's exp is 3x and
-    its tanh 9x slower than exp2; beyond x = 20, tanh(softplus(x)) = 1 in float32)."""
-    e = torch.exp2(x.clamp(max=20.0).mul_(1.4426950408889634))  # exp(x) = 2^(x log2 e)
-    n = (e + 2).mul_(e)
-    return e, n.div_(n + 2)
-
-
-def mish_slope(x, t, e):
-    """dMish/dx = t + x sech^2(softplus(x)) sigmoid(x), from t = tanh(softplus(x)) and e = exp(x)."""
-    return (1 - t * t).mul_(x).mul_(e.div(e + 1)).add_(t)
-
-
-def mish(x):
-    """Mish(x) = x tanh(softplus(x)). Without autograd on CPU (the sampler's calls for acting, a' and the GMM), from one
-    exp2: a third of F.mish's time. Under torch.compile / torch.export the same form, which inductor fuses into one
-    kernel (1.5x faster there on CPU than its F.mish). Elsewhere torch's single-kernel F.mish: on GPU, on tiny tensors
-    (batch-1 inference, where one op costs less than four) and with autograd (the training chain computes its Mish
-    and slope itself: NoisePredictionForBothLosses)."""
-    if torch.compiler.is_compiling() or not (x.is_cuda or x.numel() <= 1024 or torch.is_grad_enabled()):
-        return x * exp_and_tanh_softplus(x)[1]
-    return F.mish(x)
-
-
-class NoisePredictionForBothLosses(torch.autograd.Function):
-    """eps_theta(s, x_j, j) at one step of the training chain, computed once and returned twice: for L_q, whose
-    gradient reaches theta and, through x_j, the earlier steps; and for L_g, which treats x_j as data (its gradient
-    reaches theta only). Same gradients as a second forward pass on the detached x_j, without that pass: the backward
-    carries both output gradients through the trunk as one (2, B, .) batch and forms the weight gradients once."""
-
-    @staticmethod
-    def forward(ctx, base_j, w_x, x, *trunk_params):  # trunk_params: weight, bias of each trunk layer
-        ctx.set_materialize_grads(False)
-        h, weights, mish_hs, slopes = base_j + F.linear(x, w_x), trunk_params[0::2], [], []
-        for weight, bias in zip(weights, trunk_params[1::2]):
-            e, t = exp_and_tanh_softplus(h)
-            mish_hs.append(h * t)
-            slopes.append(mish_slope(h, t, e))
-            h = F.linear(mish_hs[-1], weight, bias)
-        ctx.save_for_backward(w_x, x, *weights, *mish_hs, *slopes)
-        return h, h.clone()
-
-    @staticmethod
-    def backward(ctx, grad_q, grad_g):
-        w_x, x, *saved = ctx.saved_tensors
-        n = len(saved) // 3
-        layers = [saved[i::n] for i in range(n)]  # (weight, Mish(h), slope) of each trunk layer
-        if grad_q is None or grad_g is None:  # one loss only (DACER has no L_g)
-            grad = (grad_g if grad_q is None else grad_q)[None]
-        else:  # row 0: L_q's gradient alone (for x_j); row 1: both losses' (for theta)
-            grad = torch.stack([grad_q, grad_q + grad_g])
-        param_grads = []
-        for weight, mish_h, slope in reversed(layers):
-            param_grads = [grad[-1].t() @ mish_h, grad[-1].sum(0), *param_grads]
-            grad = torch.matmul(grad, weight).mul_(slope)  # back through the layer and the Mish before it
-        # the products with dim(A) outputs (3 on Hopper) written the way round that MKL multiplies fastest (2x and 5x)
-        grad_x = None if grad_q is None else (w_x.t() @ grad[0].t()).t()
-        return grad[-1], (x.t() @ grad[-1]).t(), grad_x, *param_grads
+def mlp(in_dim, hidden_dim, num_layers, out_dim, activation):
+    """num_layers x (Linear -> activation), then a Linear to out_dim."""
+    layers = []
+    for i in range(num_layers):
+        layers += [nn.Linear(in_dim if i == 0 else hidden_dim, hidden_dim), activation()]
+    return nn.Sequential(*layers, nn.Linear(hidden_dim, out_dim))
 
 
 class DiffusionActor(nn.Module):
-    """Noise-predicting network eps_theta(s, x, j) (DACER's DACERPolicyNet) and the reverse sampler (paper Eq. 6).
+    """The noise-predicting network eps_theta(s, x, j) (DACER's DACERPolicyNet) and its reverse sampler (paper Eq. 6)."""
 
-    The first layer acts on [s, x, e(j)]; it is split as base_j + W_x x with base_j = W_s s + b + W_e e(j), so the state
-    and time parts are computed once per chain instead of once per step (same result as the concatenated input).
-    Layers are applied with F.linear: at batch 1, module-call overhead would be a third of the sampler's time.
-    """
-
-    def __init__(self, obs_dim, act_dim, hidden_dim, num_layers, diffusion_steps):
+    def __init__(self, obs_dim, act_dim, hidden_dim, num_layers, diffusion_steps, activation=Mish):
         super().__init__()
         self.obs_dim, self.act_dim, self.T = obs_dim, act_dim, diffusion_steps
         # sinusoidal embedding of the integer step j: (1/4) [sin(j w_k), cos(j w_k)], w_k = 10000^(-k/8), k = 0..7
-        freqs = 10000.0 ** (-torch.arange(8) / 8)
-        angles = torch.arange(diffusion_steps)[:, None] * freqs
+        angles = torch.arange(diffusion_steps)[:, None] * 10000.0 ** (-torch.arange(8) / 8)
         self.register_buffer("time_sinusoid", torch.cat([angles.sin(), angles.cos()], -1) / 4, persistent=False)
-        self.time_in, self.time_out = nn.Linear(16, 32), nn.Linear(32, 16)  # e(j) = time_out(mish(time_in(sinusoid)))
-        self.input_layer = nn.Linear(obs_dim + act_dim + 16, hidden_dim)  # on [s, x, e(j)]
-        sizes = [hidden_dim] * num_layers + [act_dim]
-        self.trunk = nn.ModuleList(nn.Linear(i, o) for i, o in zip(sizes[:-1], sizes[1:]))  # each after a Mish
+        self.time_mlp = nn.Sequential(nn.Linear(16, 32), activation(), nn.Linear(32, 16))  # e(j)
+        self.net = mlp(obs_dim + act_dim + 16, hidden_dim, num_layers, act_dim, activation)  # on [s, x, e(j)]
         s = {k: v.tolist() for k, v in vp_schedule(diffusion_steps).items()}  # python floats: no per-step indexing
         self.coef_x0_x, self.coef_x0_eps = s["sqrt_recip_kappa_bar"], s["sqrt_recip_kappa_bar_m1"]
         self.coef_mu_x0, self.coef_mu_x, self.posterior_std = s["posterior_c1"], s["posterior_c2"], s["posterior_std"]
 
-    def first_layer(self, obs):
-        """base_j = W_s s + b + W_e e(j) for every step j, (T, B, H), and W_x."""
-        w_obs, w_x, w_time = self.input_layer.weight.split([self.obs_dim, self.act_dim, 16], dim=1)
-        time_embedding = F.linear(mish(F.linear(self.time_sinusoid, self.time_in.weight, self.time_in.bias)),
-                                  self.time_out.weight, self.time_out.bias)  # fmt: skip
-        return torch.addmm(self.input_layer.bias, obs, w_obs.t()) + F.linear(time_embedding, w_time)[:, None], w_x
-
-    def predict_noise(self, base_j, w_x, x):
-        """eps_theta(s, x, j) from the first layer's state and time part base_j (any leading dims)."""
-        h = base_j + F.linear(x, w_x)
-        for layer in self.trunk:
-            h = F.linear(mish(h), layer.weight, layer.bias)
-        return h
-
-    def forward(self, obs, noise):
-        """a0 = sample(obs, noise): what torch.export traces for --compile (export_sampler)."""
-        return self.sample(obs, noise)
+    def forward(self, obs, x, j):
+        """eps_theta(s, x, j); j is one step index (int) or one per row (a LongTensor)."""
+        e = self.time_mlp(self.time_sinusoid)[j].expand(*x.shape[:-1], -1)  # e(j) of all T steps, then step j
+        return self.net(torch.cat([obs, x, e], -1))
 
     def draw_noise(self, obs, generator=None):
         """The sampler's random numbers for a batch of states, (T, B, d): see sample. Drawn from generator, on its
         device, or else from torch's default stream on the states' device."""
         device = obs.device if generator is None else generator.device
-        return torch.randn(self.T, obs.shape[0], self.act_dim, generator=generator, device=device)
+        return torch.randn(self.T, obs.shape[0], self.act_dim, generator=generator, device=device, dtype=obs.dtype)
 
     def sample(self, obs, noise=None, keep_chain=False):
-        """Reverse DDPM chain, j = T-1 .. 0 (ALGORITHM.md §1.2), differentiable end to end.
+        """Reverse DDPM chain, j = T-1 .. 0 (paper Eq. 6), differentiable end to end.
 
         noise (T, B, d): noise[0] is the initial x ~ N(0, I), noise[j] the step noise z_j (step 0 adds none).
-        Returns a0 in [-1, 1] and, with keep_chain, the chain inputs x_j and the noise predictions eps_theta(s, x_j, j)
-        for L_g (gradient to theta only, x_j as data), each stacked as (T, B, d) (index j).
+        Returns a0 in [-1, 1] and, with keep_chain, the chain inputs x_j stacked as (T, B, d) (index j) for L_g.
         """
         if noise is None:
             noise = self.draw_noise(obs)
-        base, w_x = self.first_layer(obs)
-        base = base.unbind(0)  # one tensor per step: its backward stacks T gradients instead of filling and adding
-        trunk_params = [p for layer in self.trunk for p in (layer.weight, layer.bias)] if keep_chain else None
-        x, chain, eps_for_g = noise[0], [None] * self.T, [None] * self.T
+        x, chain = noise[0], [None] * self.T
         for j in reversed(range(self.T)):
             chain[j] = x
-            if keep_chain:
-                eps, eps_for_g[j] = NoisePredictionForBothLosses.apply(base[j], w_x, x, *trunk_params)
-            else:
-                eps = self.predict_noise(base[j], w_x, x)
+            eps = self(obs, x, j)
             # clipped predicted clean action x0 = clip(x / sqrt(kb_j) - eps sqrt(1/kb_j - 1), -1, 1)
-            x0 = torch.add(x * self.coef_x0_x[j], eps, alpha=-self.coef_x0_eps[j]).clamp_(-1.0, 1.0)
-            x = torch.add(x0 * self.coef_mu_x0[j], x, alpha=self.coef_mu_x[j])  # posterior mean c1 x0 + c2 x
+            x0 = (x * self.coef_x0_x[j] - eps * self.coef_x0_eps[j]).clamp(-1.0, 1.0)
+            x = self.coef_mu_x0[j] * x0 + self.coef_mu_x[j] * x  # posterior mean c1 x0 + c2 x
             if j > 0:  # c1_0 = 1, c2_0 = 0: the last step returns x0
-                x.add_(noise[j], alpha=self.posterior_std[j])  # in place: fresh tensors, fewer allocations
-        return (x, torch.stack(chain), torch.stack(eps_for_g)) if keep_chain else x
+                x = x + self.posterior_std[j] * noise[j]
+        return (x, torch.stack(chain)) if keep_chain else x
 
 
-def export_sampler(actor):
-    """The no-grad sampler as an AOTInductor package (torch.export, then inductor's C++ kernels and wrapper): one
-    package for every batch size, with the weights as inputs, so that it follows every in-place optimizer step. It
-    runs without torch.compile's guards and Python wrapper: 0.08 ms per single-state action on one CPU thread, against
-    0.12 ms through torch.compile and 0.27 ms eagerly (README "Efficiency"). Returns sample(obs, noise)."""
-    import torch._inductor
-
-    weights = list(actor.parameters())
-    names = [name for name, _ in actor.named_parameters()]
-
-    class SampleWithWeightsAsInputs(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.actor = actor
-
-        def forward(self, obs, noise, *weights):
-            return torch.func.functional_call(self.actor, dict(zip(names, weights)), (obs, noise))
-
-    batch = torch.export.Dim("batch", min=1)  # traced at batch 2: an example batch of 1 would specialise to it
-    example = (torch.zeros(2, actor.obs_dim), torch.zeros(actor.T, 2, actor.act_dim), *(w.detach() for w in weights))
-    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as folder:
-        warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecations inside export
-        program = torch.export.export(SampleWithWeightsAsInputs(), example,
-                                      dynamic_shapes=({0: batch}, {1: batch}, (None,) * len(weights)))  # fmt: skip
-        package = torch._inductor.aoti_load_package(
-            torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(folder, "sampler.pt2")))
-
-    def sample(obs, noise):
-        return package(obs, noise, *weights)
-
-    return sample
-
-
-def compile_sampler(actor, device):
-    """--compile: actor.sample through torch.compile, one graph per batch size and grad mode (fused elementwise ops;
-    on CPU a C++ wrapper). On CPU the calls without gradient (acting, the next actions a', evaluation, the GMM's
-    samples) run the AOTInductor package of export_sampler instead; the chain with gradient (the actor step) stays
-    with torch.compile. Same random numbers and the same actions to float rounding. Where compiling does not work (no
-    C++ compiler, an unsupported platform), one line says so and the sampler stays eager."""
-    import torch._dynamo
-    import torch._inductor.config
-
-    torch._inductor.config.cpp_wrapper = device.type == "cpu"
-    torch._inductor.config.fallback_random = True  # torch's own random streams, as without --compile
-    compiled = torch.compile(actor.sample, dynamic=False)
-    try:  # compile now, so that a platform without a working compiler fails here and not mid-run
-        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            if device.type == "cpu":
-                exported = export_sampler(actor)
-            else:  # the batch-1 graph
-                compiled(torch.zeros(1, actor.obs_dim, device=device))  # draws no random numbers of the run
-    except Exception as e:
-        print(f"--compile: torch.compile does not work here ({error_summary(e)}); the sampler runs eagerly")
-        return
-    torch._dynamo.config.suppress_errors = True  # a later graph that fails to compile runs eagerly
-    if device.type != "cpu":
-        actor.sample = compiled
-        return
-
-    def sample(obs, noise=None, keep_chain=False):
-        if keep_chain or torch.is_grad_enabled():
-            return compiled(obs, noise, keep_chain)
-        return exported(obs, actor.draw_noise(obs) if noise is None else noise)  # the same random numbers as eager
-
-    actor.sample = sample
-
-
-def explore(actor, obs, alpha, noise_scale):
-    """Executed action a = clip(a0 + lambda * alpha * xi, -1, 1) (ALGORITHM.md §1.3)."""
-    a0 = actor.sample(obs)
+def explore(actor, obs, alpha, noise_scale, a0=None):
+    """Executed action a = clip(a0 + lambda * alpha * xi, -1, 1) (DACER), for a0 given or sampled at obs."""
+    a0 = actor.sample(obs) if a0 is None else a0
     return (a0 + noise_scale * alpha * torch.randn_like(a0)).clamp(-1.0, 1.0)
+
+
+class Critic(nn.Module):
+    """One Gaussian distributional critic Z(s, a) ~ N(mu, sigma^2) (DSAC-T): an MLP on [s, a] with GELU (paper Table 6)."""
+
+    def __init__(self, obs_dim, act_dim, hidden_dim, num_layers, activation=nn.GELU):
+        super().__init__()
+        self.net = mlp(obs_dim + act_dim, hidden_dim, num_layers, 2, activation)
+
+    def forward(self, obs, actions):
+        """mu, sigma = softplus(raw) of shape (B,)."""
+        out = self.net(torch.cat([obs, actions], -1))
+        return out[..., 0], F.softplus(out[..., 1])
+
+
+class CriticEnsemble(nn.Module):
+    """Independent critics (any nn.Module with Critic's signature), run one after the other; forward returns mu, sigma
+    of shape (num_critics, B). (Stacking them for torch.func.vmap measured 14 % slower per iteration on the CPU.)"""
+
+    def __init__(self, critics):
+        super().__init__()
+        self.critics = nn.ModuleList(critics)
+
+    def forward(self, obs, actions):
+        mu, sigma = zip(*(critic(obs, actions) for critic in self.critics))
+        return torch.stack(mu), torch.stack(sigma)
+
+
+def smallest_mean(critic, obs, actions):
+    """min_i mu_i(s, a) over the critics: the Q that the actor maximises (paper Eq. 15)."""
+    return critic(obs, actions)[0].min(0).values
 
 
 # ALGO LOGIC: losses
 def critic_targets(critic_target, rewards, next_obs, next_actions, terminations, gamma):
-    """Twin value distribution learning (DSAC-T): y from the smaller target mean, y_s from that critic's sample."""
+    """Twin value distribution learning (DSAC-T): y from the smallest target mean, y_s from that critic's sample."""
     mu, sigma = critic_target(next_obs, next_actions)
     q_sample = mu + sigma * torch.randn_like(mu).clamp(-3.0, 3.0)
-    smaller = mu.argmin(0, keepdim=True)
+    smallest = mu.argmin(0, keepdim=True)
     not_done = gamma * (1 - terminations)
-    y = rewards + not_done * mu.gather(0, smaller).squeeze(0)
-    y_sample = rewards + not_done * q_sample.gather(0, smaller).squeeze(0)
+    y = rewards + not_done * mu.gather(0, smallest).squeeze(0)
+    y_sample = rewards + not_done * q_sample.gather(0, smallest).squeeze(0)
     return y, y_sample
 
 
 def dsac_critic_loss(mu, sigma, y, y_sample, omega, eps=0.1):
-    """DSAC-T critic loss per critic (paper Eq. 14 / DSAC-T; ALGORITHM.md §3), mu, sigma (2, B), omega (2,).
+    """DSAC-T critic loss per critic (paper Eq. 14 / DSAC-T), mu, sigma (num_critics, B), omega (num_critics,).
 
     grad wrt mu = -(omega^2 + eps)(y - mu)/(sigma^2 + eps); wrt sigma = -(omega^2 + eps)((mu - y_b)^2 - sigma^2)/(sigma^3 + eps)
     """
@@ -535,31 +325,53 @@ def dsac_critic_loss(mu, sigma, y, y_sample, omega, eps=0.1):
     sigma_d = sigma.detach().clamp(min=0.0)
     mean_term = mu * (y - mu).detach() / (sigma_d**2 + eps)
     std_term = sigma * ((mu.detach() - y_bounded) ** 2 - sigma_d**2) / (sigma_d**3 + eps)
-    return -(omega.squeeze(1) ** 2 + eps) * (mean_term + std_term).mean(1)  # (2,): one loss per critic
+    return -(omega.squeeze(1) ** 2 + eps) * (mean_term + std_term).mean(1)  # one loss per critic
 
 
-def q_grad_loss(eps, q_fn, obs, chain, weights, normalise=True, one_step=False):
-    """Q-gradient field loss L_g (paper Eqs. 11-13; ALGORITHM.md §4.2) over the chain's intermediate actions x_j.
+def critic_loss(actor, critic, critic_target, batch, omega, alpha, args):
+    """The critics' DSAC-T losses on a batch, with a' from the current policy; also mu and the updated omega."""
+    obs, actions, rewards, next_obs, terminations = batch
+    with torch.no_grad():
+        next_actions = explore(actor, next_obs, alpha, args.noise_scale)  # a' (no target policy: DACER)
+        y, y_sample = critic_targets(critic_target, args.reward_scale * rewards, next_obs, next_actions, terminations,
+                                     args.gamma)  # fmt: skip
+    mu, sigma = critic(obs, actions)
+    with torch.no_grad():  # omega: each critic's running mean of sigma, started at its first batch mean (omega = 0)
+        omega = torch.where(omega == 0, sigma.mean(1), omega.lerp(sigma.mean(1), args.tau))
+    return dsac_critic_loss(mu, sigma, y, y_sample, omega), mu, omega
 
-    eps (T, B, d): eps_theta(s, x_j, j) with x_j as data (DiffusionActor.sample's keep_chain). With S_theta = -eps_theta
-    read as a score, || w_j grad_a Q_norm - S_theta ||^2 = || eps_theta + w_j g_hat ||^2, averaged over all T steps
-    (the exact expectation over t ~ U(1, T)), or with one_step over one random step j per state (an unbiased estimate
-    of it, at 1/T of the critic's cost). The target is detached.
+
+def q_grad_loss(actor, critic, obs, chain, weights, normalise=True, one_step=False):
+    """Q-gradient field loss L_g (paper Eqs. 11-13) over the chain's intermediate actions x_j, taken as data.
+
+    With S_theta = -eps_theta read as a score, || w_j grad_a Q_norm - S_theta ||^2 = || eps_theta(s, x_j, j) + w_j g_hat ||^2,
+    averaged over all T steps (the exact expectation over t ~ U(1, T)), or with one_step over one random step j per
+    state (an unbiased estimate of it, at 1/T of the cost). weights (T,): w_j.
     """
     T, B, d = chain.shape
+    steps = torch.arange(T, device=obs.device).repeat_interleave(B)  # j of each row of the stacked chain
+    obs, x = obs.repeat(T, 1), chain.detach().reshape(T * B, d)  # x_j as data
     if one_step:
-        j, rows = torch.randint(T, (1, B), device=obs.device), torch.arange(B, device=obs.device)
-        chain, eps, weights = chain[j, rows], eps[j, rows], weights[j][..., None]  # (1, B, .): step j of each state
-    else:
-        obs, weights = obs.repeat(T, 1), weights[:, None, None]
-    x = chain.detach().requires_grad_(True)
-    (grad_q,) = torch.autograd.grad(q_fn(obs, x.view(-1, d)).sum(), x)  # like x: (T or 1, B, d)
+        pick = torch.randint(T, (B,), device=obs.device) * B + torch.arange(B, device=obs.device)
+        obs, x, steps = obs[pick], x[pick], steps[pick]
+    grad_q = torch.func.grad(lambda a: smallest_mean(critic, obs, a).sum())(x).detach()  # grad_a Q (frozen critics)
     if normalise:
-        grad_q = grad_q / (grad_q.norm(dim=-1, keepdim=True) + 1e-6)
-    return ((eps + weights * grad_q) ** 2).mean()
+        grad_q = grad_q / (grad_q.norm(dim=-1, keepdim=True) + 1e-6)  # paper Eq. 12, per sample
+    eps = actor(obs, x, steps)  # the network run again on the detached x_j
+    return ((eps + weights[steps, None] * grad_q) ** 2).mean()
 
 
-# ALGO LOGIC: entropy regulator, one GMM per state fitted by batched EM (DACER; ALGORITHM.md §2)
+def actor_loss(actor, critic, obs, alpha, q_grad_weights, q_grad_coef, args):
+    """L_pi = L_q + eta L_g (paper Eq. 15) with the critics frozen; also L_g (zero when eta = 0, i.e. DACER)."""
+    a0, chain = actor.sample(obs, keep_chain=True)
+    loss_q = -smallest_mean(critic, obs, explore(actor, obs, alpha, args.noise_scale, a0)).mean()
+    if q_grad_coef == 0:
+        return loss_q, torch.zeros_like(loss_q)
+    loss_g = q_grad_loss(actor, critic, obs, chain, q_grad_weights, args.q_grad_norm, args.q_grad_one_step)
+    return loss_q + q_grad_coef * loss_g, loss_g
+
+
+# ALGO LOGIC: entropy regulator, one GMM per state fitted by batched EM (DACER)
 def kmeans_init(x, K, gen):
     """sklearn's GMM initialisation, per state, simplified: k-means++ seeding with one candidate per centre (sklearn's
     greedy variant tries 2 + ln K), then 10 Lloyd iterations on x (B, N, d); returns hard responsibilities (B, K, N)."""
@@ -632,7 +444,7 @@ def estimate_entropy(actor, obs, alpha, noise_scale, num_samples, num_components
     return gmm_entropy(actions.view(num_samples, B, -1).transpose(0, 1), num_components).mean().float()
 
 
-# TRY NOT TO MODIFY: evaluation and checkpoints
+# ALGO LOGIC: evaluation
 @torch.no_grad()
 def evaluate(actor, eval_envs, device, seed):
     """Mean undiscounted return of one episode per eval env, with the evaluation action (chain, no lambda*alpha noise).
@@ -650,6 +462,75 @@ def evaluate(actor, eval_envs, device, seed):
             finished = infos["final_info"]["_episode"] & np.isnan(returns)
             returns[finished] = infos["final_info"]["episode"]["r"][finished]
     return float(returns.mean())
+
+
+# TRY NOT TO MODIFY: plumbing (input checks, env ids, env state and checkpoints, timers, compile wiring)
+def error_summary(error, limit=None):
+    """`Type: first line of the message` of an exception (the message cut at limit characters), for one-line errors."""
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:limit]}"
+
+
+def fail(message):
+    """Bad user input: one line on stderr, exit status 2, no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def is_mujoco(env_id):
+    """Whether gymnasium registers env_id as one of its MuJoCo envs."""
+    return "mujoco" in str(getattr(gym.registry.get(env_id), "entry_point", ""))
+
+
+def resolve_env_id(env_id):
+    """Returns the env id to run; the paper's mujoco-py ids (-v2/-v3) become the matching -v4 env."""
+    name, _, version = env_id.rpartition("-")
+    if name.startswith("MultiGoal"):
+        import multigoal_env  # noqa: F401  (registers MultiGoal-v0 and MultiGoal{4,5,6}-v0)
+    if version in ("v2", "v3") and is_mujoco(f"{name}-v4"):
+        print(f"{env_id} needs mujoco-py (MuJoCo 2.1), which gymnasium dropped: using {name}-v4 (README: Known differences)")
+        return f"{name}-v4"
+    if env_id not in gym.registry:
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.75)
+        fail(f"unknown env id {env_id!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    return env_id
+
+
+def check_setup(args):
+    """Before any run folder exists: the env id to run, that it can be made (and rendered, with --capture-video), that
+    optional packages are there; returns env_id, task and eta (--q-grad-coef, or the paper's value for the task)."""
+    env_id = resolve_env_id(args.env_id)
+    for flag, package in (("capture_video", "moviepy"), ("track", "wandb")):
+        try:
+            if getattr(args, flag):
+                importlib.import_module(package)
+        except ImportError:
+            fail(f"--{flag.replace('_', '-')} needs {package}: pip install {package}")
+    try:
+        probe = gym.make(env_id, render_mode="rgb_array" if args.capture_video else None)
+    except Exception as e:  # e.g. a missing optional dependency of the env
+        fail(f"cannot make {env_id}: {error_summary(e, 150)}")
+    spaces = (probe.observation_space, probe.action_space)
+    if not all(isinstance(space, gym.spaces.Box) and len(space.shape) == 1 for space in spaces):
+        fail(f"{env_id} has {spaces[0]} observations and a {spaces[1]} action space; DACERv2 needs flat Box spaces")
+    try:  # one frame now: a machine that cannot render fails here, in one line, not at the first reset
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # GLFW's warnings on a machine without a display
+            if args.capture_video:
+                probe.reset(seed=args.seed)
+                probe.render()
+    except Exception as e:
+        hint = ("; MuJoCo without a display needs MUJOCO_GL=egl (GPU driver) or MUJOCO_GL=osmesa (apt install "
+                "libosmesa6; pip install PyOpenGL)") if is_mujoco(env_id) else ""  # fmt: skip
+        fail(f"--capture-video: {env_id} cannot render here ({error_summary(e, 200)}){hint}")
+    probe.close()
+    task = env_id.rpartition("-")[0]
+    task = "MultiGoal" if task.startswith("MultiGoal") else task
+    if args.q_grad_coef is not None:
+        return env_id, task, args.q_grad_coef
+    source = "README: Multimodality" if task == "MultiGoal" else "paper Table 5"
+    q_grad_coef = Q_GRAD_COEF.get(task, DEFAULT_Q_GRAD_COEF)
+    print(f"q_grad_coef (eta) = {q_grad_coef} for {task} ({source}; set it with --q-grad-coef)")
+    return env_id, task, q_grad_coef
 
 
 PLAIN_DATA = (int, float, bool, np.ndarray, np.generic, list, tuple, type(None))
@@ -698,6 +579,34 @@ def set_env_state(env, state):
         mujoco.mj_forward(u.model, u.data)
 
 
+def random_state(envs, obs):
+    """The RNGs and the envs (pickled in the checkpoint: resume only checkpoints you trust, README)."""
+    return pickle.dumps({"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                         "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
+                         "envs": [env_state(env) for env in envs.envs],
+                         "action_space": envs.action_space.np_random.bit_generator.state, "obs": obs})  # fmt: skip
+
+
+def set_random_state(saved, envs, obs):
+    """Restores random_state's RNGs, and its envs when their number is unchanged; returns the observations to go on."""
+    try:
+        saved = pickle.loads(saved)
+        random.setstate(saved["python"])
+        np.random.set_state(saved["numpy"])
+        torch.set_rng_state(saved["torch"])
+        if saved["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(saved["cuda"])
+        if len(saved["envs"]) != len(envs.envs):
+            print(f"--num-envs changed from {len(saved['envs'])}: the envs start new episodes")
+            return obs
+        for env, state in zip(envs.envs, saved["envs"]):
+            set_env_state(env, state)
+        envs.action_space.np_random.bit_generator.state = saved["action_space"]
+        return saved["obs"]
+    except Exception as e:
+        fail(f"--resume: the checkpoint's random and env state cannot be restored ({type(e).__name__}: {e})")
+
+
 CHECKPOINT_KEYS = {"actor", "critic", "critic_target", "actor_optimizer", "q_optimizer", "alpha_optimizer", "log_alpha",
                    "omega", "entropy", "iteration", "global_step", "run_name", "args", "random_state"}  # fmt: skip
 
@@ -729,32 +638,39 @@ def load_checkpoint(path):
     return checkpoint
 
 
+def load_networks(checkpoint, args, modules):
+    """The checkpoint's networks and optimizers into modules ({checkpoint key: module or optimizer}), with the
+    learning rates given now."""
+    for name in ("env_id", "diffusion_steps"):  # no network weight depends on T: check it explicitly
+        if checkpoint["args"][name] != getattr(args, name):
+            fail(f"--resume: the checkpoint was trained with --{name.replace('_', '-')} {checkpoint['args'][name]}")
+    try:
+        for name, module in modules.items():
+            module.load_state_dict(checkpoint[name])
+    except (RuntimeError, ValueError, KeyError):
+        fail("--resume: the checkpoint's networks do not match these arguments (--hidden-dim, --num-layers, "
+             "--num-critics) or this version of the script")  # fmt: skip
+    for name, lr in (("q_optimizer", args.q_lr), ("actor_optimizer", args.policy_lr), ("alpha_optimizer", args.alpha_lr)):
+        modules[name].param_groups[0]["lr"] = lr  # a learning rate given on the command line applies
+
+
 class UpdateTimer:
-    """Mean wall time of the update step; CUDA events on GPU so the hot loop never synchronises."""
+    """Mean wall time of the update step in ms; CUDA events on GPU, so that the hot loop never synchronises."""
 
     def __init__(self, device):
-        self.cuda, self.times, self.events = device.type == "cuda", [], []
+        self.cuda, self.marks = device.type == "cuda", []
 
-    def start(self):
+    def mark(self):  # at the start and at the end of every update
+        self.marks.append(torch.cuda.Event(enable_timing=True) if self.cuda else time.perf_counter())
         if self.cuda:
-            self.events.append([torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)])
-            self.events[-1][0].record()
-        else:
-            self.t0 = time.perf_counter()
-
-    def stop(self):
-        if self.cuda:
-            self.events[-1][1].record()
-        else:
-            self.times.append(1000 * (time.perf_counter() - self.t0))
+            self.marks[-1].record()
 
     def mean_ms(self):
         if self.cuda:
             torch.cuda.synchronize()
-            self.times = [start.elapsed_time(end) for start, end in self.events]
-            self.events = []
-        mean, self.times = (float(np.mean(self.times)) if self.times else float("nan")), []
-        return mean
+        starts, ends, self.marks = self.marks[0::2], self.marks[1::2], []
+        times = [start.elapsed_time(end) if self.cuda else 1000 * (end - start) for start, end in zip(starts, ends)]
+        return float(np.mean(times)) if times else float("nan")
 
 
 def keep_freed_memory():
@@ -766,6 +682,77 @@ def keep_freed_memory():
         return
     libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
     libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+
+
+def export_sampler(actor):
+    """The no-grad sampler as an AOTInductor package (torch.export, then inductor's C++ kernels and wrapper): one
+    package for every batch size, with the weights as inputs, so that it follows every in-place optimizer step and
+    runs without torch.compile's guards and Python wrapper (single-state actions in under 0.1 ms on one CPU thread)."""
+    import torch._inductor
+
+    names = [name for name, _ in actor.named_parameters()]
+
+    class Sampler(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.actor = actor
+
+        def forward(self, obs, noise):
+            return self.actor.sample(obs, noise)
+
+    class SampleWithWeightsAsInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.sampler = Sampler()
+
+        def forward(self, obs, noise, *weights):
+            weights = {f"actor.{name}": w for name, w in zip(names, weights)}
+            return torch.func.functional_call(self.sampler, weights, (obs, noise))
+
+    weights = list(actor.parameters())
+    batch = torch.export.Dim("batch", min=1)  # traced at batch 2: an example batch of 1 would specialise to it
+    example = (torch.zeros(2, actor.obs_dim), torch.zeros(actor.T, 2, actor.act_dim), *(w.detach() for w in weights))
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as folder:
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecations inside export
+        program = torch.export.export(SampleWithWeightsAsInputs(), example,
+                                      dynamic_shapes=({0: batch}, {1: batch}, (None,) * len(weights)))  # fmt: skip
+        package = torch._inductor.aoti_load_package(
+            torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(folder, "sampler.pt2")))
+    return lambda obs, noise: package(obs, noise, *weights)
+
+
+def compile_functions(actor, device):
+    """--compile: the two losses (with the chains inside them, forward and backward) through torch.compile, which
+    compiles whatever the networks are. The sampler's calls without gradient (acting, evaluation, the GMM's samples)
+    run an AOTInductor package on the CPU (export_sampler), torch.compile on GPU. Same random numbers as eager. Where
+    compiling does not work, one line says so and everything stays eager. Returns critic_loss, actor_loss to use."""
+    import torch._dynamo
+    import torch._inductor.config
+
+    torch._inductor.config.cpp_wrapper = device.type == "cpu"
+    torch._inductor.config.fallback_random = True  # torch's own random streams, as without --compile
+    compiled_sample = torch.compile(actor.sample)
+    try:  # compile now, so that a platform without a working compiler fails here and not mid-run
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if device.type == "cpu":
+                exported = export_sampler(actor)
+            else:  # the batch-1 graph
+                compiled_sample(torch.zeros(1, actor.obs_dim, device=device))
+    except Exception as e:
+        print(f"--compile: torch.compile does not work here ({error_summary(e)}); everything runs eagerly")
+        return critic_loss, actor_loss
+    torch._dynamo.config.suppress_errors = True  # a later graph that fails to compile runs eagerly
+    plain_sample = actor.sample
+
+    def sample(obs, noise=None, keep_chain=False):
+        if keep_chain or torch.is_grad_enabled() or torch.compiler.is_compiling():  # inside the compiled losses
+            return plain_sample(obs, noise, keep_chain)
+        if device.type == "cpu":
+            return exported(obs, actor.draw_noise(obs) if noise is None else noise)  # the same random numbers
+        return compiled_sample(obs, noise)
+
+    actor.sample = sample
+    return torch.compile(critic_loss), torch.compile(actor_loss)
 
 
 def parse_args():
@@ -787,8 +774,8 @@ def parse_args():
             fail(f"{lines[0] if lines else 'invalid arguments'} (see --help)")
         raise
     for name in ("num_envs", "batch_size", "diffusion_steps", "total_timesteps", "buffer_size", "hidden_dim",
-                 "num_layers", "eval_frequency", "eval_episodes", "policy_frequency", "alpha_update_frequency",
-                 "log_frequency", "gmm_components", "gmm_samples", "torch_threads", "policy_lr", "q_lr", "alpha_lr",
+                 "num_layers", "num_critics", "eval_frequency", "eval_episodes", "policy_frequency",
+                 "alpha_update_frequency", "log_frequency", "gmm_components", "gmm_samples", "torch_threads", "policy_lr", "q_lr", "alpha_lr",
                  "init_alpha", "reward_scale", "gamma", "tau"):  # fmt: skip
         value = getattr(args, name)
         if not value > 0 or not math.isfinite(value):
@@ -820,42 +807,7 @@ if __name__ == "__main__":
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    env_id = resolve_env_id(args.env_id)
-    if args.capture_video:
-        try:
-            import moviepy  # noqa: F401
-        except ImportError:
-            fail("--capture-video needs moviepy: pip install moviepy")
-    try:
-        probe = gym.make(env_id, render_mode="rgb_array" if args.capture_video else None)
-    except Exception as e:  # e.g. a missing optional dependency of the env
-        fail(f"cannot make {env_id}: {error_summary(e, 150)}")
-    spaces = (probe.observation_space, probe.action_space)
-    if not all(isinstance(space, gym.spaces.Box) and len(space.shape) == 1 for space in spaces):
-        fail(f"{env_id} has {spaces[0]} observations and a {spaces[1]} action space; DACERv2 needs flat Box spaces")
-    if args.capture_video:
-        try:  # one frame now: a machine that cannot render fails here, in one line, not at the first reset
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # GLFW's warnings on a machine without a display
-                probe.reset(seed=args.seed)
-                probe.render()
-        except Exception as e:
-            hint = ("; MuJoCo without a display needs MUJOCO_GL=egl (GPU driver) or MUJOCO_GL=osmesa (apt install "
-                    "libosmesa6; pip install PyOpenGL)") if is_mujoco(env_id) else ""  # fmt: skip
-            fail(f"--capture-video: {env_id} cannot render here ({error_summary(e, 200)}){hint}")
-    probe.close()
-    task = env_id.rpartition("-")[0]
-    task = "MultiGoal" if task.startswith("MultiGoal") else task
-    q_grad_coef = args.q_grad_coef
-    if q_grad_coef is None:
-        q_grad_coef = Q_GRAD_COEF.get(task, DEFAULT_Q_GRAD_COEF)
-        source = "README: Multimodality" if task == "MultiGoal" else "paper Table 5"
-        print(f"q_grad_coef (eta) = {q_grad_coef} for {task} ({source}; set it with --q-grad-coef)")
-    if args.track:
-        try:
-            import wandb
-        except ImportError:
-            fail("--track needs wandb: pip install wandb")
+    env_id, task, q_grad_coef = check_setup(args)
     run_name = checkpoint["run_name"] if checkpoint else f"{env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
 
     # TRY NOT TO MODIFY: device, seeding
@@ -878,17 +830,15 @@ if __name__ == "__main__":
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
     envs.action_space.seed(args.seed)
+    obs, _ = envs.reset(seed=args.seed)
     obs_dim, act_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
 
     # ALGO LOGIC: networks, optimizers, entropy temperature, L_g time weights
     actor = DiffusionActor(obs_dim, act_dim, args.hidden_dim, args.num_layers, args.diffusion_steps).to(device)
-    if args.compile:
-        compile_sampler(actor, device)
-    critic = TwinCritic(obs_dim, act_dim, args.hidden_dim, args.num_layers).to(device)
-    critic_target = TwinCritic(obs_dim, act_dim, args.hidden_dim, args.num_layers).to(device)
-    critic_target.load_state_dict(critic.state_dict())
-    critic_target.requires_grad_(False)
-    q_optimizer = torch.optim.Adam(critic.parameters(), lr=args.q_lr, fused=True)  # stacked twins: an Adam each
+    critic = CriticEnsemble([Critic(obs_dim, act_dim, args.hidden_dim, args.num_layers)
+                             for _ in range(args.num_critics)]).to(device)  # fmt: skip
+    critic_target = copy.deepcopy(critic).requires_grad_(False)
+    q_optimizer = torch.optim.Adam(critic.parameters(), lr=args.q_lr, fused=True)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr, fused=True)
     log_alpha = torch.tensor(math.log(args.init_alpha), device=device, requires_grad=True)
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
@@ -896,62 +846,37 @@ if __name__ == "__main__":
     c, d = time_weight_coefficients(args.diffusion_steps)
     steps = torch.arange(args.diffusion_steps, device=device, dtype=torch.float32)
     q_grad_weights = torch.exp(c * steps + d) if args.time_weight else torch.ones_like(steps)  # w_j (paper Eq. 11)
-    omega = torch.zeros(2, device=device)  # running mean of each critic's sigma (DSAC-T)
+    omega = torch.zeros(args.num_critics, device=device)  # running mean of each critic's sigma (DSAC-T); 0: unset
     entropy = torch.zeros((), device=device)  # cached GMM entropy estimate
     rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim, device)
     iteration, start_step = 0, 0
-    obs, _ = envs.reset(seed=args.seed)
+
+    # TRY NOT TO MODIFY: resume, logging, checkpoints
+    modules = {"actor": actor, "critic": critic, "critic_target": critic_target, "actor_optimizer": actor_optimizer,
+               "q_optimizer": q_optimizer, "alpha_optimizer": alpha_optimizer}  # fmt: skip
     if checkpoint:
-        for name in ("env_id", "diffusion_steps"):  # no network weight depends on T: check it explicitly
-            if checkpoint["args"][name] != getattr(args, name):
-                fail(f"--resume: the checkpoint was trained with --{name.replace('_', '-')} {checkpoint['args'][name]}")
-        try:
-            actor.load_state_dict(checkpoint["actor"])
-            critic.load_state_dict(checkpoint["critic"])
-            critic_target.load_state_dict(checkpoint["critic_target"])
-        except RuntimeError:
-            fail("--resume: the checkpoint's networks do not match these arguments (--hidden-dim, --num-layers) "
-                 "or this version of the script")
-        for optimizer, name, lr in ((q_optimizer, "q_optimizer", args.q_lr), (actor_optimizer, "actor_optimizer",
-                                     args.policy_lr), (alpha_optimizer, "alpha_optimizer", args.alpha_lr)):  # fmt: skip
-            optimizer.load_state_dict(checkpoint[name])
-            optimizer.param_groups[0]["lr"] = lr  # a learning rate given on the command line applies
+        load_networks(checkpoint, args, modules)
         with torch.no_grad():
             log_alpha.copy_(checkpoint["log_alpha"])
         omega, entropy = checkpoint["omega"].to(device), checkpoint["entropy"].to(device)
         iteration, start_step = checkpoint["iteration"], checkpoint["global_step"]
-        try:  # RNGs and env states are pickled: resume only checkpoints you trust (README)
-            saved = pickle.loads(checkpoint["random_state"])
-            random.setstate(saved["python"])
-            np.random.set_state(saved["numpy"])
-            torch.set_rng_state(saved["torch"])
-            if device.type == "cuda" and saved["cuda"] is not None:
-                torch.cuda.set_rng_state(saved["cuda"])
-            if len(saved["envs"]) == args.num_envs:
-                for env, state in zip(envs.envs, saved["envs"]):
-                    set_env_state(env, state)
-                envs.action_space.np_random.bit_generator.state, obs = saved["action_space"], saved["obs"]
-            else:
-                print(f"--num-envs changed from {len(saved['envs'])}: the envs start new episodes")
-        except Exception as e:
-            fail(f"--resume: the checkpoint's random and env state cannot be restored ({type(e).__name__}: {e})")
+        obs = set_random_state(checkpoint["random_state"], envs, obs)
         if "buffer" in checkpoint:
             rb.load_state_dict(checkpoint["buffer"])
         message = "with its replay buffer" if "buffer" in checkpoint else "the replay buffer is refilled first"
         print(f"resuming {run_name} at step {start_step} (iteration {iteration}); {message}")
     alpha = log_alpha.detach().exp()
-
+    critic_loss_fn, actor_loss_fn = compile_functions(actor, device) if args.compile else (critic_loss, actor_loss)
     if args.track:
+        import wandb
+
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                    config=vars(args), name=run_name, save_code=True)  # fmt: skip
     writer = SummaryWriter(f"runs/{run_name}", purge_step=start_step if checkpoint else None)  # drop points after it
     hparams = {**vars(args), "env_id": env_id, "env_id_requested": args.env_id, "q_grad_coef": q_grad_coef}
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in hparams.items()))
-
-    timer = UpdateTimer(device)
-    start_time, last_eval, logged = time.time(), float("nan"), {}
-    steps_done = start_step
-    checkpoint_path = f"runs/{run_name}/{args.exp_name}.pt"
+    timer, start_time, last_eval, logged = UpdateTimer(device), time.time(), float("nan"), {}
+    steps_done, checkpoint_path = start_step, f"runs/{run_name}/{args.exp_name}.pt"
 
     def diverged(what):
         kept = f"the last good checkpoint is {checkpoint_path}" if os.path.exists(checkpoint_path) else "no checkpoint"
@@ -964,16 +889,10 @@ if __name__ == "__main__":
         for name, p in [*actor.named_parameters(), *critic.named_parameters(), ("log_alpha", log_alpha)]:
             if not torch.isfinite(p).all():
                 diverged(f"non-finite parameter {name}")
-        random_state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                        "envs": [env_state(env) for env in envs.envs],
-                        "action_space": envs.action_space.np_random.bit_generator.state, "obs": obs}  # fmt: skip
         save_checkpoint(checkpoint_path, {
-            "actor": actor.state_dict(), "critic": critic.state_dict(), "critic_target": critic_target.state_dict(),
-            "actor_optimizer": actor_optimizer.state_dict(), "q_optimizer": q_optimizer.state_dict(),
-            "alpha_optimizer": alpha_optimizer.state_dict(), "log_alpha": log_alpha.detach().cpu(),
+            **{name: module.state_dict() for name, module in modules.items()}, "log_alpha": log_alpha.detach().cpu(),
             "omega": omega.cpu(), "entropy": entropy.cpu(), "iteration": iteration, "global_step": steps_done,
-            "run_name": run_name, "args": asdict(args), "random_state": pickle.dumps(random_state),
+            "run_name": run_name, "args": asdict(args), "random_state": random_state(envs, obs),
             **({"buffer": rb.state_dict()} if args.checkpoint_buffer else {}),
         })  # fmt: skip
 
@@ -1006,25 +925,18 @@ if __name__ == "__main__":
         rb.add(obs, real_next_obs, actions, rewards, terminations)
         obs = next_obs
 
-        # ALGO LOGIC: training, one update per vector step (ALGORITHM.md §6.2)
+        # ALGO LOGIC: training, one update per vector step: critics every iteration, actor every policy_frequency
         if rb.size < args.learning_starts:
             continue
-        timer.start()
-        b_obs, b_actions, b_rewards, b_next_obs, b_terminations = rb.sample(args.batch_size)
-        with torch.no_grad():
-            next_actions = explore(actor, b_next_obs, alpha, args.noise_scale)  # a' from the current policy
-            y, y_sample = critic_targets(critic_target, args.reward_scale * b_rewards, b_next_obs, next_actions,
-                                         b_terminations, args.gamma)  # fmt: skip
-        mu, sigma = critic(b_obs, b_actions)
-        with torch.no_grad():  # omega starts at the first batch mean of sigma, then a moving average
-            omega = sigma.mean(1) if iteration == 0 else omega.lerp(sigma.mean(1), args.tau)
-        qf_losses = dsac_critic_loss(mu, sigma, y, y_sample, omega)
+        timer.mark()
+        batch = rb.sample(args.batch_size)
+        qf_losses, mu, omega = critic_loss_fn(actor, critic, critic_target, batch, omega, alpha, args)
         q_optimizer.zero_grad(set_to_none=True)
         qf_losses.sum().backward()
         q_optimizer.step()
 
         if iteration % args.alpha_update_frequency == 0:  # entropy regulator: L_alpha = log alpha (H - H_target)
-            entropy = estimate_entropy(actor, b_obs, alpha, args.noise_scale, args.gmm_samples, args.gmm_components)
+            entropy = estimate_entropy(actor, batch[0], alpha, args.noise_scale, args.gmm_samples, args.gmm_components)
             alpha_loss = log_alpha * (entropy - target_entropy)
             alpha_optimizer.zero_grad(set_to_none=True)
             alpha_loss.backward()
@@ -1034,29 +946,24 @@ if __name__ == "__main__":
 
         if iteration % args.policy_frequency == 0:
             critic.requires_grad_(False)  # the actor step optimises theta only
-            a0, chain, eps = actor.sample(b_obs, keep_chain=True)  # chain inputs x_j and eps_theta(s, x_j, j)
-            pi = (a0 + args.noise_scale * alpha * torch.randn_like(a0)).clamp(-1.0, 1.0)
-            actor_loss = -critic.smaller_mean(b_obs, pi).mean()  # L_q (paper Eq. 15)
-            if q_grad_coef > 0:
-                g_loss = q_grad_loss(eps, critic.smaller_mean, b_obs, chain, q_grad_weights, args.q_grad_norm,
-                                     args.q_grad_one_step)
-                actor_loss = actor_loss + q_grad_coef * g_loss  # L_pi = L_q + eta L_g (paper Eq. 15)
-                logged["losses/q_grad_loss"] = g_loss.detach()
+            loss, g_loss = actor_loss_fn(actor, critic, batch[0], alpha, q_grad_weights, q_grad_coef, args)
             actor_optimizer.zero_grad(set_to_none=True)
-            actor_loss.backward()
+            loss.backward()
             actor_optimizer.step()
             critic.requires_grad_(True)
-            logged["losses/actor_loss"] = actor_loss.detach()
+            logged["losses/actor_loss"] = loss.detach()
+            if q_grad_coef > 0:
+                logged["losses/q_grad_loss"] = g_loss.detach()
             with torch.no_grad():  # target critics follow only on policy iterations (DACER)
                 for p, p_target in zip(critic.parameters(), critic_target.parameters()):
                     p_target.lerp_(p, args.tau)
-        timer.stop()
+        timer.mark()
         iteration += 1
 
         if iteration % args.log_frequency == 0:
-            logged |= {"losses/qf1_loss": qf_losses[0], "losses/qf2_loss": qf_losses[1],
-                       "losses/qf_loss": qf_losses.mean(), "losses/qf1_values": mu[0].mean(),
-                       "losses/qf2_values": mu[1].mean(), "losses/alpha": alpha, "charts/entropy": entropy}  # fmt: skip
+            for i in range(args.num_critics):
+                logged |= {f"losses/qf{i + 1}_loss": qf_losses[i], f"losses/qf{i + 1}_values": mu[i].mean()}
+            logged |= {"losses/qf_loss": qf_losses.mean(), "losses/alpha": alpha, "charts/entropy": entropy}
             values = torch.stack([v.detach().float().reshape(()) for v in logged.values()]).tolist()  # one host sync
             for tag, value in zip(logged, values):
                 if not math.isfinite(value):

@@ -2,7 +2,7 @@
 GMM entropy estimate, for DACERv2 (T = 5, the script's default eta), DACERv2 with --q-grad-one-step and DACER
 (T = 20, --q-grad-coef 0).
 
-Usage: python benchmark/efficiency.py [--env-id Hopper-v4] [--device cpu|cuda] [--compile] [--rounds 3]
+Usage: python benchmark/efficiency.py [--env-id Hopper-v4] [--device cpu|cuda] [--compile [--eager-baseline]] [--rounds 3]
                                       [--baseline OLD_SCRIPT.py] [--json PATH] [--markdown PATH]
 
 The algorithms take turns over --rounds rounds (each round measures every algorithm once, in the same order) and
@@ -77,8 +77,11 @@ def parse_args():
         "--iterations", type=int, default=400, help="training iterations measured after the warm-up (default: 400)"
     )
     parser.add_argument(
-        "--compile", action="store_true", help="compile the sampler, as the script's --compile does (on the CPU: an "
-        "AOTInductor package for the calls without gradient, torch.compile for the chain with gradient)",
+        "--compile", action="store_true", help="run with the script's --compile (the losses through torch.compile; "
+        "on the CPU an AOTInductor package for the sampler's calls without gradient)",
+    )
+    parser.add_argument(
+        "--eager-baseline", action="store_true", help="with --compile: the --baseline rows stay eager",
     )
     parser.add_argument(
         "--rounds", type=int, default=3, help="rounds in which the algorithms take turns (default: 3)"
@@ -144,6 +147,11 @@ def describe_device(device, threads):
     return f"{torch.cuda.get_device_name(device)} (host: {cpu})" if device.type == "cuda" else cpu
 
 
+def compiled(args, script):
+    """Whether the rows of script run with --compile."""
+    return args.compile and not (args.eager_baseline and script != SCRIPT)
+
+
 def training_ms(args, env_id, name, script, diffusion_steps, flags):
     """Per-point `charts/update_ms` of a real training run of script after the warm-up points (ms per iteration)."""
     total_iterations = WARMUP_ITERATIONS + args.iterations
@@ -154,7 +162,7 @@ def training_ms(args, env_id, name, script, diffusion_steps, flags):
         "--eval-episodes", "1", "--alpha-update-frequency", str(NEVER), "--torch-threads", str(args.threads),
         "--hidden-dim", str(args.hidden_dim), "--num-layers", str(args.num_layers),
         "--diffusion-steps", str(diffusion_steps), *flags, "--cuda" if args.device == "cuda" else "--no-cuda",
-        *(["--compile"] if args.compile else []),
+        *(["--compile"] if compiled(args, script) else []),
     ]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="efficiency-") as folder:
         result = subprocess.run(command, cwd=folder, capture_output=True, text=True)
@@ -230,12 +238,12 @@ def measure(args, env_id, obs_dim, act_dim, first_obs):
     obs_batch = torch.randn(DEFAULTS.batch_size, obs_dim, device=device)
     rows, actors = variants(args), {}
     times = {name: {"train": [], "infer": [], "entropy": [], "round_train": []} for name, *_ in rows}
-    for name, script, _, diffusion_steps, _ in rows:
+    for name, script, path, diffusion_steps, _ in rows:
         torch.manual_seed(DEFAULTS.seed)
         actors[name] = script.DiffusionActor(obs_dim, act_dim, args.hidden_dim, args.num_layers, diffusion_steps)
         actors[name].to(device)
-        if args.compile:
-            script.compile_sampler(actors[name], device)
+        if compiled(args, path):  # compile_sampler: the name in versions before compile_functions (--baseline)
+            (getattr(script, "compile_functions", None) or script.compile_sampler)(actors[name], device)
     for round_ in range(1, args.rounds + 1):
         for name, script, path, diffusion_steps, flags in rows:
             print(f"round {round_}/{args.rounds}, {name}: {WARMUP_ITERATIONS} + {args.iterations} training iterations "
@@ -293,7 +301,9 @@ def notes(args, env_id, device_text, results):
     return [
         f"Environment {env_id}, networks of {args.num_layers} hidden layers of {args.hidden_dim}, batch "
         f"{DEFAULTS.batch_size}; device: {device_text}; torch {torch.__version__}; sampler "
-        f"{'compiled (--compile)' if args.compile else 'eager'}. Paper: {PAPER_HARDWARE}.",
+        f"{'compiled (--compile)' if args.compile else 'eager'}"
+        f"{'; the baseline rows eager' if args.compile and args.eager_baseline and args.baseline else ''}. "
+        f"Paper: {PAPER_HARDWARE}.",
         f"The algorithms took turns over {args.rounds} round(s); each figure is the median over all of them.",
         f"Training ms per iteration: median of {rounds}{args.iterations // LOG_FREQUENCY} `charts/update_ms` points of "
         f"the real training loop, each the mean of one policy iteration and one critic-only iteration "
@@ -337,7 +347,8 @@ def main():
     if args.json:
         summary = {"device": device_text, "torch": torch.__version__, "env_id": env_id, "threads": args.threads,
                    "baseline": args.baseline}  # fmt: skip
-        summary |= {key: getattr(args, key) for key in ("iterations", "rounds", "hidden_dim", "num_layers", "compile")}
+        summary |= {key: getattr(args, key) for key in ("iterations", "rounds", "hidden_dim", "num_layers", "compile",
+                                                      "eager_baseline")}
         Path(args.json).write_text(json.dumps({**summary, **results}, indent=2) + "\n")
 
 

@@ -4,11 +4,13 @@ Usage: python benchmark/stage_timing.py [--diffusion-steps 5] [--q-grad-coef 1.0
 
 Runs dacerv2_continuous.py's update (critic step every iteration, actor step every 2nd) with the paper's sizes and
 Hopper-v4's dimensions (11-dimensional states, 3-dimensional actions) on one CPU thread, and prints each stage's
-median wall time per call and its share of an iteration. The stages are the loop's own calls, in its order.
+median wall time per call and its share of an iteration. The stages are the calls inside the script's critic_loss
+and actor_loss, in their order.
 """
 
 import argparse
 import collections
+import copy
 import statistics
 import sys
 import time
@@ -53,9 +55,8 @@ def main():
     dacer.keep_freed_memory()
     T, B, hidden, layers = args.diffusion_steps, defaults.batch_size, defaults.hidden_dim, defaults.num_layers
     actor = dacer.DiffusionActor(OBS_DIM, ACT_DIM, hidden, layers, T)
-    critic = dacer.TwinCritic(OBS_DIM, ACT_DIM, hidden, layers)
-    critic_target = dacer.TwinCritic(OBS_DIM, ACT_DIM, hidden, layers).requires_grad_(False)
-    critic_target.load_state_dict(critic.state_dict())
+    critic = dacer.CriticEnsemble([dacer.Critic(OBS_DIM, ACT_DIM, hidden, layers) for _ in range(defaults.num_critics)])
+    critic_target = copy.deepcopy(critic).requires_grad_(False)
     q_optimizer = torch.optim.Adam(critic.parameters(), lr=defaults.q_lr, fused=True)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=defaults.policy_lr, fused=True)
     rb = dacer.ReplayBuffer(BUFFER, OBS_DIM, ACT_DIM, device)
@@ -63,17 +64,17 @@ def main():
            torch.randn(BUFFER), (torch.rand(BUFFER) < 0.01).float())  # fmt: skip
     c, d = dacer.time_weight_coefficients(T)
     q_grad_weights = torch.exp(c * torch.arange(T, dtype=torch.float32) + d)
-    alpha, omega, clock = torch.tensor(defaults.init_alpha), torch.ones(2), StageClock()
+    alpha, omega, clock = torch.tensor(defaults.init_alpha), torch.ones(defaults.num_critics), StageClock()
 
     def iteration(policy):
         clock.start()
-        b_obs, b_actions, b_rewards, b_next_obs, b_terminations = rb.sample(B)
+        obs, actions, rewards, next_obs, terminations = rb.sample(B)
         with torch.no_grad():
-            next_actions = dacer.explore(actor, b_next_obs, alpha, defaults.noise_scale)
+            next_actions = dacer.explore(actor, next_obs, alpha, defaults.noise_scale)
             clock.lap("critic step: next-action chain (no grad)")
-            y, y_sample = dacer.critic_targets(critic_target, defaults.reward_scale * b_rewards, b_next_obs,
-                                               next_actions, b_terminations, defaults.gamma)  # fmt: skip
-        mu, sigma = critic(b_obs, b_actions)
+            y, y_sample = dacer.critic_targets(critic_target, defaults.reward_scale * rewards, next_obs, next_actions,
+                                               terminations, defaults.gamma)  # fmt: skip
+        mu, sigma = critic(obs, actions)
         qf_losses = dacer.dsac_critic_loss(mu, sigma, y, y_sample, omega.lerp(sigma.detach().mean(1), defaults.tau))
         q_optimizer.zero_grad(set_to_none=True)
         qf_losses.sum().backward()
@@ -82,17 +83,15 @@ def main():
         if not policy:
             return
         critic.requires_grad_(False)
-        a0, chain, eps = actor.sample(b_obs, keep_chain=True)
+        a0, chain = actor.sample(obs, keep_chain=True)
         clock.lap("actor step: chain with gradient")
-        pi = (a0 + defaults.noise_scale * alpha * torch.randn_like(a0)).clamp(-1.0, 1.0)
-        actor_loss = -critic.smaller_mean(b_obs, pi).mean()
+        loss = -dacer.smallest_mean(critic, obs, dacer.explore(actor, obs, alpha, defaults.noise_scale, a0)).mean()
         clock.lap("actor step: L_q")
         if args.q_grad_coef > 0:
-            g_loss = dacer.q_grad_loss(eps, critic.smaller_mean, b_obs, chain, q_grad_weights)
-            actor_loss = actor_loss + args.q_grad_coef * g_loss
-            clock.lap(f"actor step: L_g (critic gradient, {T * B} rows)")
+            loss = loss + args.q_grad_coef * dacer.q_grad_loss(actor, critic, obs, chain, q_grad_weights)
+            clock.lap(f"actor step: L_g forward ({T * B} rows)")
         actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
+        loss.backward()
         clock.lap("actor step: backward")
         actor_optimizer.step()
         critic.requires_grad_(True)

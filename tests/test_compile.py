@@ -1,6 +1,6 @@
-"""--compile: the compiled sampler (an exported package without gradient, torch.compile with it) gives the eager
-sampler's actions and gradients, draws the same random numbers, follows in-place weight updates, and falls back to
-eager with one line where compiling does not work."""
+"""--compile: the compiled sampler (an exported package without gradient) gives the eager sampler's actions, draws the
+same random numbers and follows in-place weight updates; the compiled losses give the eager losses and gradients;
+where compiling does not work, one line says so and everything runs eagerly."""
 
 import subprocess
 import sys
@@ -24,10 +24,10 @@ def twin_actors():
     return actor, eager
 
 
-def test_compiled_sampler_matches_eager(tmp_path, monkeypatch):
+def test_compiled_sampler_and_losses_match_eager(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     actor, eager = twin_actors()
-    dacer.compile_sampler(actor, torch.device("cpu"))
+    critic_loss, actor_loss = dacer.compile_functions(actor, torch.device("cpu"))
     graphs = counters["stats"]["unique_graphs"]
     with torch.no_grad():  # same seed, no noise given: the same random numbers are drawn, at any batch size
         for batch in (1, 16, 300):
@@ -38,16 +38,25 @@ def test_compiled_sampler_matches_eager(tmp_path, monkeypatch):
             torch.testing.assert_close(compiled_actions, eager.sample(obs), atol=1e-5, rtol=1e-5)
             assert torch.rand(1) == next_draw
     assert counters["stats"]["unique_graphs"] == graphs  # no-grad calls: the exported package, not torch.compile
+
+    # one training step's losses and gradients through the compiled losses equal the eager ones
+    critic = dacer.CriticEnsemble([dacer.Critic(4, 3, 32, 2) for _ in range(2)])
+    critic_target = dacer.CriticEnsemble([dacer.Critic(4, 3, 32, 2) for _ in range(2)]).requires_grad_(False)
+    batch = (torch.randn(64, 4), torch.rand(64, 3) * 2 - 1, torch.randn(64), torch.randn(64, 4), torch.zeros(64))
+    args, alpha, omega, weights = dacer.Args(), torch.tensor(2.0), torch.tensor([0.5, 0.7]), torch.linspace(0.2, 0.8, 5)
+    results = []
+    for policy, critic_fn, actor_fn in ((actor, critic_loss, actor_loss), (eager, dacer.critic_loss, dacer.actor_loss)):
+        torch.manual_seed(3)
+        qf_losses, _, new_omega = critic_fn(policy, critic, critic_target, batch, omega, alpha, args)
+        critic_grads = torch.autograd.grad(qf_losses.sum(), list(critic.parameters()))
+        critic.requires_grad_(False)
+        loss, g_loss = actor_fn(policy, critic, batch[0], alpha, weights, 1.0, args)
+        critic.requires_grad_(True)
+        results.append((qf_losses, new_omega, loss, g_loss, critic_grads, torch.autograd.grad(loss, list(policy.parameters()))))
+    torch.testing.assert_close(results[0], results[1], atol=1e-4, rtol=1e-4)
+    assert counters["stats"]["unique_graphs"] >= graphs + 2  # both losses went through torch.compile
+
     noise = torch.randn(5, 16, 3)
-    a, chain, eps = actor.sample(obs[:16], noise, keep_chain=True)
-    a_ref, chain_ref, eps_ref = eager.sample(obs[:16], noise, keep_chain=True)
-    torch.testing.assert_close(chain, chain_ref, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(eps, eps_ref, atol=1e-5, rtol=1e-5)
-    ((a**2).sum() + (eps**2).sum()).backward()
-    ((a_ref**2).sum() + (eps_ref**2).sum()).backward()
-    for p, p_ref in zip(actor.parameters(), eager.parameters()):
-        torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-4, rtol=1e-4)
-    assert counters["stats"]["unique_graphs"] >= graphs + 1  # the chain with gradient: torch.compile
     with torch.no_grad():  # an optimizer step changes the weights in place: the compiled sampler sees it
         for p, p_ref in zip(actor.parameters(), eager.parameters()):
             p.mul_(0.5), p_ref.mul_(0.5)
@@ -60,7 +69,7 @@ def test_compile_falls_back_to_eager_with_one_line(tmp_path):
         "import sys, torch, torch._inductor.config as c; sys.argv[1:] = []; c.cpp.cxx = ('/nonexistent/c++',)\n"
         f"sys.path.insert(0, {str(REPO)!r}); import dacerv2_continuous as dacer\n"
         "actor = dacer.DiffusionActor(4, 3, 32, 2, 5)\n"
-        "dacer.compile_sampler(actor, torch.device('cpu'))\n"
+        "dacer.compile_functions(actor, torch.device('cpu'))\n"
         "print(tuple(actor.sample(torch.randn(2, 4)).shape))\n"
     )
     env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "PATH": "/usr/bin:/bin"}

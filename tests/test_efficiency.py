@@ -113,7 +113,7 @@ def test_stage_timing_prints_every_stage_and_rejects_bad_input(tmp_path):
     assert result.returncode == 0, result.stderr
     shares = [float(line.split()[-2]) for line in result.stdout.splitlines() if line.endswith("%")]
     assert len(shares) == 7 and sum(shares) == pytest.approx(100, abs=0.5)  # rounded to 0.1 each
-    assert "L_g (critic gradient, 1280 rows)" in result.stdout and "sum of the stages" in result.stdout
+    assert "L_g forward (1280 rows)" in result.stdout and "sum of the stages" in result.stdout
     bad = subprocess.run([sys.executable, stage_timing, "--diffusion-steps", "0"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=300)  # fmt: skip
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

@@ -145,18 +145,17 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_resume_refuses_a_checkpoint_with_other_networks_in_one_line(tmp_path):
-    """E.g. a checkpoint of an older version, whose twin critic stored its weights as (in, out)."""
+    """E.g. a checkpoint of an older version, whose twin critics were one module with stacked weights."""
     assert run([*PENDULUM, "--total-timesteps", "400", "--save-model"], tmp_path).returncode == 0
     checkpoint = torch.load(only_checkpoint(tmp_path), weights_only=False)
     for critic in ("critic", "critic_target"):
-        weights = [k for k in checkpoint[critic] if k.startswith("weights.")]
-        checkpoint[critic] |= {k: checkpoint[critic][k].transpose(1, 2).contiguous() for k in weights}
+        checkpoint[critic] = {"weights.0": torch.zeros(2, 32, 4), "biases.0": torch.zeros(2, 1, 32)}
     torch.save(checkpoint, tmp_path / "old.pt")
     result = run(["--resume", "old.pt", "--total-timesteps", "800"], tmp_path)
     errors = [line for line in result.stderr.splitlines() if "Warn" not in line and "warn(" not in line]  # gymnasium's
     assert result.returncode == 2 and "Traceback" not in result.stderr and errors == [
-        "error: --resume: the checkpoint's networks do not match these arguments (--hidden-dim, --num-layers) or "
-        "this version of the script"
+        "error: --resume: the checkpoint's networks do not match these arguments (--hidden-dim, --num-layers, "
+        "--num-critics) or this version of the script"
     ]
 
 
