@@ -40,7 +40,7 @@ class Args:
     torch_threads: int = 1
     """the number of CPU threads of torch (1 is fastest for these small networks, and safe for parallel runs)"""
     compile: bool = False
-    """if toggled, compile the sampler (AOTInductor and torch.compile; README "Efficiency"); eager where it cannot"""
+    """if toggled, compile the losses and the sampler (torch.compile, AOTInductor; README "Efficiency")"""
     track: bool = False
     """if toggled, track the run with Weights and Biases (needs `pip install wandb`)"""
     wandb_project_name: str = "dacerv2"
@@ -121,8 +121,8 @@ class Args:
     """the number of episodes per evaluation"""
 
 
-# η of paper Table 5 (two groups of tasks, as we read the table); tasks not listed use DEFAULT_Q_GRAD_COEF. MultiGoal deviates:
-# with Table 5's 1.0 (as reconstructed) the policy collapses onto one goal, with 100 it reaches all (README).
+# η of paper Table 5 (two groups of tasks, as we read it); other tasks: DEFAULT_Q_GRAD_COEF. MultiGoal deviates: with
+# Table 5's 1.0 the policy collapses onto one goal, with 100 it reaches all (README).
 Q_GRAD_COEF = {
     "Hopper": 1.0, "Ant": 1.0, "HalfCheetah": 1.0, "Walker2d": 1.0, "MultiGoal": 100.0,
     "HumanoidStandup": 0.01, "Humanoid": 0.01, "Swimmer": 0.01, "InvertedDoublePendulum": 0.01,
@@ -150,32 +150,27 @@ class ReplayBuffer:
 
     def __init__(self, capacity, obs_dim, act_dim, device):
         self.capacity, self.size, self.pos, self.device = capacity, 0, 0, device
-        self.obs = torch.empty(capacity, obs_dim, device=device)  # empty: memory is touched only when filled
-        self.next_obs = torch.empty(capacity, obs_dim, device=device)
-        self.actions = torch.empty(capacity, act_dim, device=device)
-        self.rewards = torch.empty(capacity, device=device)
-        self.terminations = torch.empty(capacity, device=device)
-        self.fields = ("obs", "next_obs", "actions", "rewards", "terminations")
+        shapes = {"obs": (obs_dim,), "actions": (act_dim,), "rewards": (), "next_obs": (obs_dim,), "terminations": ()}
+        self.data = {k: torch.empty(capacity, *shape, device=device) for k, shape in shapes.items()}  # touched if used
 
     def add(self, obs, next_obs, actions, rewards, terminations):
-        n = len(obs)
-        idx = torch.arange(self.pos, self.pos + n) % self.capacity
-        for name, value in zip(self.fields, (obs, next_obs, actions, rewards, terminations)):
-            getattr(self, name)[idx] = torch.as_tensor(value, dtype=torch.float32).to(self.device, non_blocking=True)
-        self.pos = (self.pos + n) % self.capacity
-        self.size = min(self.size + n, self.capacity)
+        idx = torch.arange(self.pos, self.pos + len(obs)) % self.capacity
+        for name, value in zip(self.data, (obs, actions, rewards, next_obs, terminations)):
+            self.data[name][idx] = torch.as_tensor(value, dtype=torch.float32).to(self.device, non_blocking=True)
+        self.pos, self.size = (self.pos + len(obs)) % self.capacity, min(self.size + len(obs), self.capacity)
 
     def sample(self, batch_size):
+        """obs, actions, rewards, next_obs, terminations of batch_size random transitions."""
         idx = torch.randint(0, self.size, (batch_size,), device=self.device)
-        return self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.terminations[idx]
+        return tuple(value[idx] for value in self.data.values())
 
     def state_dict(self):
-        return {"pos": self.pos, "size": self.size, **{k: getattr(self, k)[: self.size].cpu() for k in self.fields}}
+        return {"pos": self.pos, "size": self.size, **{k: v[: self.size].cpu() for k, v in self.data.items()}}
 
     def load_state_dict(self, state):
         self.pos, self.size = state["pos"], state["size"]
-        for k in self.fields:
-            getattr(self, k)[: self.size] = state[k].to(self.device)
+        for k, v in self.data.items():
+            v[: self.size] = state[k].to(self.device)
 
 
 # ALGO LOGIC: VP noise schedule (paper App. D), network time index j = 0..T-1 (j = T-1: the first reverse step)
@@ -183,32 +178,32 @@ def vp_schedule(T, b_min=0.1, b_max=10.0):
     """Per-step coefficients of the reverse sampler, in float64."""
     i = np.arange(1, T + 1)
     kappa = np.exp(-b_min / T - (b_max - b_min) * (2 * i - 1) / (2 * T**2))
-    beta = 1 - kappa
-    kappa_bar = np.cumprod(kappa)
+    beta, kappa_bar = 1 - kappa, np.cumprod(kappa)
     kappa_bar_prev = np.concatenate([[1.0], kappa_bar[:-1]])
-    return {
-        "beta": beta,
-        "kappa_bar": kappa_bar,
-        "sqrt_recip_kappa_bar": 1 / np.sqrt(kappa_bar),
-        "sqrt_recip_kappa_bar_m1": np.sqrt(1 / kappa_bar - 1),
-        "posterior_std": np.sqrt(beta * (1 - kappa_bar_prev) / (1 - kappa_bar)),
-        "posterior_c1": beta * np.sqrt(kappa_bar_prev) / (1 - kappa_bar),
-        "posterior_c2": (1 - kappa_bar_prev) * np.sqrt(kappa) / (1 - kappa_bar),
-    }
+    return {"beta": beta, "kappa_bar": kappa_bar, "sqrt_recip_kappa_bar": 1 / np.sqrt(kappa_bar),
+            "sqrt_recip_kappa_bar_m1": np.sqrt(1 / kappa_bar - 1),
+            "posterior_std": np.sqrt(beta * (1 - kappa_bar_prev) / (1 - kappa_bar)),
+            "posterior_c1": beta * np.sqrt(kappa_bar_prev) / (1 - kappa_bar),
+            "posterior_c2": (1 - kappa_bar_prev) * np.sqrt(kappa) / (1 - kappa_bar)}  # fmt: skip
 
 
 def time_weight_coefficients(T, b_min=0.1, b_max=10.0):
-    """c, d of w_j = exp(c j + d) (paper Eq. 11, App. D): the exact fit of the reversed VP alphas, w_j = kappa_{T-1-j}."""
+    """c, d of w_j = exp(c j + d) (paper Eq. 11, App. D): the exact fit of the reversed VP alphas, kappa_{T-1-j}."""
     return (b_max - b_min) / T**2, -b_min / T - (b_max - b_min) * (2 * T - 1) / (2 * T**2)
 
 
 # ALGO LOGIC: networks. Each is one plain nn.Module; every use (acting, a', the losses, the GMM, evaluation and the
 # compiled paths) calls it, and autograd computes every gradient (README: Modifying the script).
 class Mish(nn.Module):
-    """Mish(x) = x tanh(softplus(x)), the actor's activation (DACER). Written out, not nn.Mish: on the CPU these three
-    ops with autograd's backward take half the time of torch's fused Mish kernel and its backward."""
+    """Mish(x) = x tanh(softplus(x)), the actor's activation (DACER). Two ways of writing the same function, for speed
+    alone (autograd differentiates either): x n / (n + 2) with n = e^x (e^x + 2) when compiled, which inductor fuses
+    into one fast kernel, and x tanh(softplus(x)) eagerly, which with its backward takes half the time of torch's Mish
+    kernel on the CPU. (In float32, n / (n + 2) = 1 beyond x = 20.)"""
 
     def forward(self, x):
+        if torch.compiler.is_compiling():
+            e = torch.exp(x.clamp(max=20.0))
+            return x * (e * (e + 2)) / (e * (e + 2) + 2)
         return x * torch.tanh(F.softplus(x))
 
 
@@ -221,7 +216,7 @@ def mlp(in_dim, hidden_dim, num_layers, out_dim, activation):
 
 
 class DiffusionActor(nn.Module):
-    """The noise-predicting network eps_theta(s, x, j) (DACER's DACERPolicyNet) and its reverse sampler (paper Eq. 6)."""
+    """The noise-predicting network eps_theta(s, x, j) (DACER's DACERPolicyNet) and its sampler (paper Eq. 6)."""
 
     def __init__(self, obs_dim, act_dim, hidden_dim, num_layers, diffusion_steps, activation=Mish):
         super().__init__()
@@ -235,10 +230,13 @@ class DiffusionActor(nn.Module):
         self.coef_x0_x, self.coef_x0_eps = s["sqrt_recip_kappa_bar"], s["sqrt_recip_kappa_bar_m1"]
         self.coef_mu_x0, self.coef_mu_x, self.posterior_std = s["posterior_c1"], s["posterior_c2"], s["posterior_std"]
 
-    def forward(self, obs, x, j):
-        """eps_theta(s, x, j); j is one step index (int) or one per row (a LongTensor)."""
-        e = self.time_mlp(self.time_sinusoid)[j].expand(*x.shape[:-1], -1)  # e(j) of all T steps, then step j
-        return self.net(torch.cat([obs, x, e], -1))
+    def time_embedding(self, j):
+        """e(j) for a step index j (an int) or one per row (a LongTensor)."""
+        return self.time_mlp(self.time_sinusoid[j])
+
+    def forward(self, obs, x, e):
+        """eps_theta(s, x, j) from e = time_embedding(j)."""
+        return self.net(torch.cat([obs, x, e.expand(*x.shape[:-1], -1)], -1))
 
     def draw_noise(self, obs, generator=None):
         """The sampler's random numbers for a batch of states, (T, B, d): see sample. Drawn from generator, on its
@@ -255,9 +253,10 @@ class DiffusionActor(nn.Module):
         if noise is None:
             noise = self.draw_noise(obs)
         x, chain = noise[0], [None] * self.T
+        e = self.time_embedding(torch.arange(self.T, device=obs.device))  # every step's e(j), once per chain
         for j in reversed(range(self.T)):
             chain[j] = x
-            eps = self(obs, x, j)
+            eps = self(obs, x, e[j])
             # clipped predicted clean action x0 = clip(x / sqrt(kb_j) - eps sqrt(1/kb_j - 1), -1, 1)
             x0 = (x * self.coef_x0_x[j] - eps * self.coef_x0_eps[j]).clamp(-1.0, 1.0)
             x = self.coef_mu_x0[j] * x0 + self.coef_mu_x[j] * x  # posterior mean c1 x0 + c2 x
@@ -273,7 +272,7 @@ def explore(actor, obs, alpha, noise_scale, a0=None):
 
 
 class Critic(nn.Module):
-    """One Gaussian distributional critic Z(s, a) ~ N(mu, sigma^2) (DSAC-T): an MLP on [s, a] with GELU (paper Table 6)."""
+    """One Gaussian distributional critic Z(s, a) ~ N(mu, sigma^2) (DSAC-T): an MLP on [s, a], GELU (paper Table 6)."""
 
     def __init__(self, obs_dim, act_dim, hidden_dim, num_layers, activation=nn.GELU):
         super().__init__()
@@ -344,9 +343,9 @@ def critic_loss(actor, critic, critic_target, batch, omega, alpha, args):
 def q_grad_loss(actor, critic, obs, chain, weights, normalise=True, one_step=False):
     """Q-gradient field loss L_g (paper Eqs. 11-13) over the chain's intermediate actions x_j, taken as data.
 
-    With S_theta = -eps_theta read as a score, || w_j grad_a Q_norm - S_theta ||^2 = || eps_theta(s, x_j, j) + w_j g_hat ||^2,
-    averaged over all T steps (the exact expectation over t ~ U(1, T)), or with one_step over one random step j per
-    state (an unbiased estimate of it, at 1/T of the cost). weights (T,): w_j.
+    With S_theta = -eps_theta read as a score and g the normalised Q-gradient, || w_j g - S_theta ||^2 =
+    || eps_theta(s, x_j, j) + w_j g ||^2, averaged over all T steps (the exact expectation over t ~ U(1, T)), or with
+    one_step over one random step j per state (an unbiased estimate of it, at 1/T of the cost). weights (T,): w_j.
     """
     T, B, d = chain.shape
     steps = torch.arange(T, device=obs.device).repeat_interleave(B)  # j of each row of the stacked chain
@@ -357,7 +356,7 @@ def q_grad_loss(actor, critic, obs, chain, weights, normalise=True, one_step=Fal
     grad_q = torch.func.grad(lambda a: smallest_mean(critic, obs, a).sum())(x).detach()  # grad_a Q (frozen critics)
     if normalise:
         grad_q = grad_q / (grad_q.norm(dim=-1, keepdim=True) + 1e-6)  # paper Eq. 12, per sample
-    eps = actor(obs, x, steps)  # the network run again on the detached x_j
+    eps = actor(obs, x, actor.time_embedding(steps))  # the network run again on the detached x_j
     return ((eps + weights[steps, None] * grad_q) ** 2).mean()
 
 
@@ -392,18 +391,14 @@ def kmeans_init(x, K, gen):
 def gmm_entropy(samples, num_components=3, max_iter=100, tol=1e-3, reg_covar=1e-6, seed=42):
     """Per-state entropy of a full-covariance GMM fitted to samples (B, N, d); returns (B,) in float64.
 
-    H = -sum_k w_k log w_k + sum_k w_k [d/2 (1 + log 2 pi) + 1/2 log det Sigma_k]. Follows sklearn's GaussianMixture
-    defaults closely (k-means init, <= 100 EM iterations, tol 1e-3 on the mean log-likelihood, reg 1e-6); differences:
-    the simplified init (kmeans_init), convergence tested every 10 EM iterations, all states stop together, and a
-    converged fit keeps the parameters from before its last E-step (sklearn does one more M-step).
-    Each EM step is two batched products with the per-sample features f = [x x^T, x, 1]: the M-step's sums
-    sum_n r_nk f_n, and the E-step's log-densities, which are linear in f (2x faster than forming x - mu_k).
+    H = -sum_k w_k log w_k + sum_k w_k [d/2 (1 + log 2 pi) + 1/2 log det Sigma_k]. sklearn's GaussianMixture defaults
+    (k-means init, <= 100 EM iterations, tol 1e-3, reg 1e-6) for all states at once; convergence is tested every 10
+    iterations. Each EM step is two batched products with the per-sample features f = [x x^T, x, 1].
     """
     x = samples.double()
     B, N, d = x.shape
-    K = num_components
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
-    resp = kmeans_init(x, K, torch.Generator(device=x.device).manual_seed(seed))  # (B, K, N)
+    resp = kmeans_init(x, num_components, torch.Generator(device=x.device).manual_seed(seed))  # (B, K, N)
     features = torch.cat([(x[..., :, None] * x[..., None, :]).flatten(2), x, torch.ones_like(x[..., :1])], -1)
     features_t = features.transpose(1, 2).contiguous()  # (B, d*d + d + 1, N)
     prev_ll = torch.full((B,), -torch.inf, dtype=x.dtype, device=x.device)
@@ -412,7 +407,7 @@ def gmm_entropy(samples, num_components=3, max_iter=100, tol=1e-3, reg_covar=1e-
         sums = resp @ features  # (B, K, d*d + d + 1)
         nk = sums[..., -1] + 10 * torch.finfo(x.dtype).eps
         weights, means = nk / N, sums[..., d * d : -1] / nk[..., None]
-        second_moment = sums[..., : d * d].view(B, K, d, d) / nk[..., None, None]
+        second_moment = sums[..., : d * d].view(B, num_components, d, d) / nk[..., None, None]
         cov = second_moment - means[..., :, None] * means[..., None, :] + reg_covar * eye
         chol = torch.linalg.cholesky_ex(cov)[0]
         log_det = 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (B, K)
@@ -650,7 +645,7 @@ def load_networks(checkpoint, args, modules):
     except (RuntimeError, ValueError, KeyError):
         fail("--resume: the checkpoint's networks do not match these arguments (--hidden-dim, --num-layers, "
              "--num-critics) or this version of the script")  # fmt: skip
-    for name, lr in (("q_optimizer", args.q_lr), ("actor_optimizer", args.policy_lr), ("alpha_optimizer", args.alpha_lr)):
+    for name, lr in ("q_optimizer", args.q_lr), ("actor_optimizer", args.policy_lr), ("alpha_optimizer", args.alpha_lr):
         modules[name].param_groups[0]["lr"] = lr  # a learning rate given on the command line applies
 
 
@@ -692,29 +687,22 @@ def export_sampler(actor):
 
     names = [name for name, _ in actor.named_parameters()]
 
-    class Sampler(nn.Module):
+    class Sampler(nn.Module):  # actor.sample(obs, noise), with the actor's weights as inputs when given
         def __init__(self):
             super().__init__()
             self.actor = actor
 
-        def forward(self, obs, noise):
-            return self.actor.sample(obs, noise)
-
-    class SampleWithWeightsAsInputs(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.sampler = Sampler()
-
         def forward(self, obs, noise, *weights):
-            weights = {f"actor.{name}": w for name, w in zip(names, weights)}
-            return torch.func.functional_call(self.sampler, weights, (obs, noise))
+            if not weights:
+                return self.actor.sample(obs, noise)
+            return torch.func.functional_call(self, {f"actor.{n}": w for n, w in zip(names, weights)}, (obs, noise))
 
     weights = list(actor.parameters())
     batch = torch.export.Dim("batch", min=1)  # traced at batch 2: an example batch of 1 would specialise to it
     example = (torch.zeros(2, actor.obs_dim), torch.zeros(actor.T, 2, actor.act_dim), *(w.detach() for w in weights))
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as folder:
         warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecations inside export
-        program = torch.export.export(SampleWithWeightsAsInputs(), example,
+        program = torch.export.export(Sampler(), example,
                                       dynamic_shapes=({0: batch}, {1: batch}, (None,) * len(weights)))  # fmt: skip
         package = torch._inductor.aoti_load_package(
             torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(folder, "sampler.pt2")))
@@ -722,9 +710,9 @@ def export_sampler(actor):
 
 
 def compile_functions(actor, device):
-    """--compile: the two losses (with the chains inside them, forward and backward) through torch.compile, which
-    compiles whatever the networks are. The sampler's calls without gradient (acting, evaluation, the GMM's samples)
-    run an AOTInductor package on the CPU (export_sampler), torch.compile on GPU. Same random numbers as eager. Where
+    """--compile: both losses (the chains inside them, forward and backward) through torch.compile, which follows
+    whatever the networks are; the sampler's calls without gradient (acting, evaluation, the GMM's samples) through an
+    AOTInductor package on the CPU (export_sampler), torch.compile on GPU. Same random numbers as eager. Where
     compiling does not work, one line says so and everything stays eager. Returns critic_loss, actor_loss to use."""
     import torch._dynamo
     import torch._inductor.config
@@ -775,8 +763,8 @@ def parse_args():
         raise
     for name in ("num_envs", "batch_size", "diffusion_steps", "total_timesteps", "buffer_size", "hidden_dim",
                  "num_layers", "num_critics", "eval_frequency", "eval_episodes", "policy_frequency",
-                 "alpha_update_frequency", "log_frequency", "gmm_components", "gmm_samples", "torch_threads", "policy_lr", "q_lr", "alpha_lr",
-                 "init_alpha", "reward_scale", "gamma", "tau"):  # fmt: skip
+                 "alpha_update_frequency", "log_frequency", "gmm_components", "gmm_samples", "torch_threads",
+                 "policy_lr", "q_lr", "alpha_lr", "init_alpha", "reward_scale", "gamma", "tau"):  # fmt: skip
         value = getattr(args, name)
         if not value > 0 or not math.isfinite(value):
             fail(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -985,8 +973,9 @@ if __name__ == "__main__":
     if task == "MultiGoal" and not stop_signal:  # paper Fig. 2: 100 stochastic trajectories from the origin
         import multigoal_env
 
-        multigoal_env.report_multimodality(actor, envs.envs[0].unwrapped.num_goals, f"runs/{run_name}/multimodality.png",
-                                           writer, steps_done, seed=args.seed)  # fmt: skip
+        num_goals = envs.envs[0].unwrapped.num_goals
+        multigoal_env.report_multimodality(actor, num_goals, f"runs/{run_name}/multimodality.png", writer, steps_done,
+                                           seed=args.seed)  # fmt: skip
     if args.save_model or stop_signal:
         write_checkpoint()
         print(f"checkpoint saved to {checkpoint_path}; continue with: python {sys.argv[0]} --resume {checkpoint_path}"

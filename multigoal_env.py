@@ -233,7 +233,7 @@ def plot_trajectories(trajectories, num_goals, path=None, title=None, ax=None):
 
 
 def actor_policy(actor, seed=0):
-    """Wrap a `DiffusionActor` as a numpy policy: its stochastic evaluation action (ALGORITHM.md sections 1.4, 8).
+    """Wrap a `DiffusionActor` as a numpy policy: its stochastic evaluation action (README: Implementation details).
 
     Every call runs the reverse chain `actor.sample` on fresh noise, drawn from a CPU torch generator seeded with
     `seed` (so a whole evaluation is reproducible), with no lambda * alpha exploration noise. Observations and actions

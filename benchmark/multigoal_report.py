@@ -1,4 +1,4 @@
-"""Multi-goal figure and table (paper Fig. 2, ALGORITHM.md section 8) from the checkpoints of benchmark/multigoal.sh.
+"""Multi-goal figure and table (paper Fig. 2) from the checkpoints of benchmark/multigoal.sh.
 
 Usage: python benchmark/multigoal_report.py runs --out results/multigoal
 Finds the checkpoints `RUNS_DIR/{run_name}/*.pt` of the runs on MultiGoal-v0 and MultiGoal{4,5,6}-v0, evaluates each

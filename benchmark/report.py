@@ -1,9 +1,9 @@
-"""Summarise benchmark runs: TAR table, normalised average score and learning curves (README "Experiment results").
+"""Summarise benchmark runs: TAR table, normalised average score and learning curves (README "Results").
 
 Usage: python benchmark/report.py runs --out results
 Reads the TensorBoard event files of every run folder `runs/{env_id}__{exp_name}__{seed}__{unix_time}/`, groups the
 runs by (env, exp_name), writes OUT/results.md plus one learning-curve PNG per env and prints the markdown.
-Metrics follow ALGORITHM.md section 7.
+Metrics: README "Results" (TAR as in the DACER paper's Table 1 caption; the normalised score of DACERv2's §4.3).
 """
 
 import argparse

@@ -69,11 +69,12 @@ def test_network_is_eps_of_state_action_and_time_embedding(actor):
     obs, x = torch.randn(6, 4), torch.randn(6, 3)
     for j in range(5):
         emb = actor.time_mlp(actor.time_sinusoid[j]).expand(6, -1)
-        torch.testing.assert_close(actor(obs, x, j), actor.net(torch.cat([obs, x, emb], -1)))
+        torch.testing.assert_close(actor(obs, x, actor.time_embedding(j)), actor.net(torch.cat([obs, x, emb], -1)))
     steps = torch.tensor([0, 4, 2, 2, 1, 3])
-    per_row = actor(obs, x, steps)
+    per_row = actor(obs, x, actor.time_embedding(steps))
     for row, j in enumerate(steps.tolist()):
-        torch.testing.assert_close(per_row[row], actor(obs[row : row + 1], x[row : row + 1], j)[0])
+        one_row = actor(obs[row : row + 1], x[row : row + 1], actor.time_embedding(j))
+        torch.testing.assert_close(per_row[row], one_row[0])
 
 
 def reference_sample(actor, obs, noise, keep_chain=False):
@@ -83,7 +84,7 @@ def reference_sample(actor, obs, noise, keep_chain=False):
     x, chain = noise[0], [None] * actor.T
     for j in reversed(range(actor.T)):
         chain[j] = x
-        h = actor(obs, x, j)
+        h = actor(obs, x, actor.time_embedding(j))
         x0 = (x / math.sqrt(s["kappa_bar"][j]) - h * math.sqrt(1 / s["kappa_bar"][j] - 1)).clamp(-1, 1)
         x = s["posterior_c1"][j] * x0 + s["posterior_c2"][j] * x
         if j > 0:
@@ -100,11 +101,16 @@ def test_sampler_equals_literal_reference_for_same_noise(actor):
             torch.testing.assert_close(actor.sample(obs, noise), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_mish_is_torchs_mish_in_value_and_slope():
-    x = torch.cat([torch.linspace(-30, 30, 2001), torch.tensor([-1e4, 1e4])]).double().requires_grad_(True)
-    y = dacer.Mish()(x)
-    torch.testing.assert_close(y, F.mish(x))
-    torch.testing.assert_close(torch.autograd.grad(y.sum(), x)[0], torch.autograd.grad(F.mish(x).sum(), x)[0])
+@pytest.mark.parametrize("compiling", [False, True])
+def test_mish_is_torchs_mish_in_value_and_slope(compiling, monkeypatch):
+    """Both ways Mish is written (eager; inside torch.compile) equal F.mish in value and derivative."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        x = torch.cat([torch.linspace(-30, 30, 2001), torch.tensor([-1e4, 1e4])]).to(dtype).requires_grad_(True)
+        y = dacer.Mish()(x)
+        torch.testing.assert_close(y, F.mish(x), atol=tol, rtol=tol)
+        grad, grad_ref = torch.autograd.grad(y.sum(), x)[0], torch.autograd.grad(F.mish(x).sum(), x)[0]
+        torch.testing.assert_close(grad, grad_ref, atol=tol, rtol=tol)
 
 
 def test_time_embedding_is_the_scaled_sinusoid(actor):
@@ -165,9 +171,15 @@ def test_q_grad_loss_target_is_minus_weighted_normalised_gradient():
     optimum = torch.tensor([0.5, -0.3, 0.2])
     weights = torch.linspace(0.2, 0.8, 5)
 
-    def perfect_actor(obs, x, steps):  # eps = -w_j grad Q / |grad Q| for the quadratic Q
-        grad = -2 * (x - optimum)
-        return -weights[steps, None] * grad / (grad.norm(dim=-1, keepdim=True) + 1e-6)
+    class PerfectActor:  # eps = -w_j grad Q / |grad Q| for the quadratic Q
+        def time_embedding(self, steps):
+            return steps
+
+        def __call__(self, obs, x, steps):
+            grad = -2 * (x - optimum)
+            return -weights[steps, None] * grad / (grad.norm(dim=-1, keepdim=True) + 1e-6)
+
+    perfect_actor = PerfectActor()
 
     critic = QuadraticCritic(optimum)
     assert dacer.q_grad_loss(perfect_actor, critic, obs, chain, weights).item() < 1e-10

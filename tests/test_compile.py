@@ -52,7 +52,8 @@ def test_compiled_sampler_and_losses_match_eager(tmp_path, monkeypatch):
         critic.requires_grad_(False)
         loss, g_loss = actor_fn(policy, critic, batch[0], alpha, weights, 1.0, args)
         critic.requires_grad_(True)
-        results.append((qf_losses, new_omega, loss, g_loss, critic_grads, torch.autograd.grad(loss, list(policy.parameters()))))
+        actor_grads = torch.autograd.grad(loss, list(policy.parameters()))
+        results.append((qf_losses, new_omega, loss, g_loss, critic_grads, actor_grads))
     torch.testing.assert_close(results[0], results[1], atol=1e-4, rtol=1e-4)
     assert counters["stats"]["unique_graphs"] >= graphs + 2  # both losses went through torch.compile
 

@@ -46,7 +46,8 @@ def reference_losses(actor, critics, critic_targets, batch, omega, alpha, weight
         x, inputs = noise[0], [None] * T
         for j in reversed(range(T)):
             inputs[j] = x
-            x0 = (x / math.sqrt(s["kappa_bar"][j]) - actor(states, x, j) * math.sqrt(1 / s["kappa_bar"][j] - 1))
+            eps = actor(states, x, actor.time_embedding(j))
+            x0 = x / math.sqrt(s["kappa_bar"][j]) - eps * math.sqrt(1 / s["kappa_bar"][j] - 1)
             x = s["posterior_c1"][j] * x0.clamp(-1, 1) + s["posterior_c2"][j] * x
             if j > 0:
                 x = x + s["posterior_std"][j] * noise[j]
@@ -82,7 +83,8 @@ def reference_losses(actor, critics, critic_targets, batch, omega, alpha, weight
         q = torch.min(torch.stack([critic(obs, x)[0] for critic in critics]), 0).values
         (grad,) = torch.autograd.grad(q.sum(), x)
         g_hat = grad / (grad.norm(dim=-1, keepdim=True) + 1e-6)
-        loss_g = loss_g + ((actor(obs, x.detach(), j) + weights[j] * g_hat) ** 2).mean() / T
+        eps = actor(obs, x.detach(), actor.time_embedding(j))  # the network again, on the detached x_j
+        loss_g = loss_g + ((eps + weights[j] * g_hat) ** 2).mean() / T
     return critic_loss, loss_q + eta * loss_g
 
 
