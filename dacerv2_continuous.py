@@ -9,6 +9,7 @@ import math
 import os
 import pickle
 import random
+import shlex
 import signal
 import sys
 import tempfile
@@ -25,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 
 @dataclass
@@ -40,7 +42,7 @@ class Args:
     torch_threads: int = 1
     """the number of CPU threads of torch (1 is fastest for these small networks, and safe for parallel runs)"""
     compile: bool = False
-    """if toggled, compile the losses and the sampler (torch.compile, AOTInductor; README "Efficiency")"""
+    """if toggled, compile the losses and the sampler (torch.compile, AOTInductor; README "Results")"""
     track: bool = False
     """if toggled, track the run with Weights and Biases (needs `pip install wandb`)"""
     wandb_project_name: str = "dacerv2"
@@ -58,7 +60,9 @@ class Args:
     resume: Optional[str] = None
     """the path of a checkpoint to continue training from (its arguments are the defaults; flags given override)"""
     log_frequency: int = 1_000
-    """the logging and console-progress interval, in iterations"""
+    """the interval of the logged losses and the progress bar's figures, in iterations"""
+    print_episodes: bool = False
+    """whether to print one line per finished training episode (TensorBoard has every episode either way)"""
 
     # Algorithm specific arguments
     env_id: str = "Hopper-v4"
@@ -477,16 +481,18 @@ def is_mujoco(env_id):
 
 
 def resolve_env_id(env_id):
-    """Returns the env id to run; the paper's mujoco-py ids (-v2/-v3) become the matching -v4 env."""
-    name, _, version = env_id.rpartition("-")
-    if name.startswith("MultiGoal"):
+    """Returns the env id to run; gym's mujoco-py ids (the paper's -v2/-v3) become the matching -v4 env."""
+    if env_id.startswith("MultiGoal"):
         import multigoal_env  # noqa: F401  (registers MultiGoal-v0 and MultiGoal{4,5,6}-v0)
-    if version in ("v2", "v3") and is_mujoco(f"{name}-v4"):
-        print(f"{env_id} needs mujoco-py (MuJoCo 2.1), which gymnasium dropped: using {name}-v4 (README: Known differences)")
-        return f"{name}-v4"
     if env_id not in gym.registry:
         close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.75)
         fail(f"unknown env id {env_id!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    # gymnasium's "-v4 is out of date" warning is silenced: the line below, or the user's own choice of -v4, says enough
+    warnings.filterwarnings("ignore", ".*is out of date. You should consider upgrading", DeprecationWarning)
+    if "mujoco_py" in getattr(gym.registry[env_id].entry_point, "__name__", ""):  # gymnasium keeps them, unrunnable
+        name = env_id.rpartition("-")[0]
+        print(f"{env_id} needs mujoco-py (MuJoCo 2.1), which gymnasium dropped: using {name}-v4 (README: Known differences)")
+        return f"{name}-v4"
     return env_id
 
 
@@ -522,7 +528,7 @@ def check_setup(args):
     task = "MultiGoal" if task.startswith("MultiGoal") else task
     if args.q_grad_coef is not None:
         return env_id, task, args.q_grad_coef
-    source = "README: Multimodality" if task == "MultiGoal" else "paper Table 5"
+    source = "README: Results" if task == "MultiGoal" else "paper Table 5"
     q_grad_coef = Q_GRAD_COEF.get(task, DEFAULT_Q_GRAD_COEF)
     print(f"q_grad_coef (eta) = {q_grad_coef} for {task} ({source}; set it with --q-grad-coef)")
     return env_id, task, q_grad_coef
@@ -621,12 +627,16 @@ def save_checkpoint(path, state):
 
 
 def load_checkpoint(path):
+    if os.path.isdir(path):
+        fail(f"--resume: {path!r} is a folder; give the checkpoint file in it (runs/RUN_NAME/EXP_NAME.pt)")
     if not os.path.isfile(path):
         fail(f"--resume: no such file {path!r}")
+    if os.path.getsize(path) == 0:
+        fail(f"--resume: {path!r} is empty, not a checkpoint")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unreadable, truncated or not a torch file
-        fail(f"--resume: cannot read checkpoint {path!r} ({error_summary(e, 100)})")
+        fail(f"--resume: {path!r} is not a checkpoint written by this script (torch.load: {error_summary(e, 100)})")
     missing = CHECKPOINT_KEYS - set(checkpoint) if isinstance(checkpoint, dict) else CHECKPOINT_KEYS
     if missing:
         fail(f"--resume: {path!r} is not a checkpoint of this script (missing {', '.join(sorted(missing))})")
@@ -636,9 +646,6 @@ def load_checkpoint(path):
 def load_networks(checkpoint, args, modules):
     """The checkpoint's networks and optimizers into modules ({checkpoint key: module or optimizer}), with the
     learning rates given now."""
-    for name in ("env_id", "diffusion_steps"):  # no network weight depends on T: check it explicitly
-        if checkpoint["args"][name] != getattr(args, name):
-            fail(f"--resume: the checkpoint was trained with --{name.replace('_', '-')} {checkpoint['args'][name]}")
     try:
         for name, module in modules.items():
             module.load_state_dict(checkpoint[name])
@@ -775,6 +782,9 @@ def parse_args():
         value = getattr(args, name)
         if value is not None and (not value >= 0 or not math.isfinite(value)):
             fail(f"--{name.replace('_', '-')} must be non-negative, got {value}")
+    for name in ("env_id", "diffusion_steps") if checkpoint else ():  # no network weight depends on T: check it here
+        if checkpoint["args"][name] != getattr(args, name):
+            fail(f"--resume: the checkpoint was trained with --{name.replace('_', '-')} {checkpoint['args'][name]}")
     if args.learning_starts > args.buffer_size:
         fail(f"--learning-starts ({args.learning_starts}) must not exceed --buffer-size ({args.buffer_size})")
     if os.path.exists("runs") and not (os.path.isdir("runs") and os.access("runs", os.W_OK)):
@@ -866,7 +876,17 @@ if __name__ == "__main__":
     timer, start_time, last_eval, logged = UpdateTimer(device), time.time(), float("nan"), {}
     steps_done, checkpoint_path = start_step, f"runs/{run_name}/{args.exp_name}.pt"
 
+    last_step = start_step + max(0, math.ceil((args.total_timesteps - start_step) / args.num_envs)) * args.num_envs
+    if rb.size + last_step - start_step < args.learning_starts:  # updates start once the buffer holds the warm-up
+        print(f"--total-timesteps {args.total_timesteps} ends within its warm-up (--learning-starts "
+              f"{args.learning_starts}): this run does no gradient update and no evaluation")
+    phase = "warm-up" if rb.size < args.learning_starts else "training"
+    progress = tqdm(total=args.total_timesteps, initial=start_step, desc=phase, unit=" steps", unit_scale=True,
+                    dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)  # fmt: skip
+    episode_return = float("nan")
+
     def diverged(what):
+        progress.close()
         kept = f"the last good checkpoint is {checkpoint_path}" if os.path.exists(checkpoint_path) else "no checkpoint"
         print(f"error: {what} at iteration {iteration} (step {steps_done}): training diverged; {kept}", file=sys.stderr)
         writer.close()
@@ -899,12 +919,14 @@ if __name__ == "__main__":
         # TRY NOT TO MODIFY: execute the game and log data.
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
         steps_done = global_step + args.num_envs
+        progress.update(args.num_envs)
         if "final_info" in infos:
             for i in np.flatnonzero(infos["final_info"]["_episode"]):
-                ep_return, ep_length = infos["final_info"]["episode"]["r"][i], infos["final_info"]["episode"]["l"][i]
-                print(f"global_step={global_step}, episodic_return={ep_return:.2f}")
-                writer.add_scalar("charts/episodic_return", ep_return, global_step)
-                writer.add_scalar("charts/episodic_length", ep_length, global_step)
+                episode_return, length = infos["final_info"]["episode"]["r"][i], infos["final_info"]["episode"]["l"][i]
+                if args.print_episodes:
+                    tqdm.write(f"global_step={global_step}, episodic_return={episode_return:.2f}")
+                writer.add_scalar("charts/episodic_return", episode_return, global_step)
+                writer.add_scalar("charts/episodic_length", length, global_step)
 
         # TRY NOT TO MODIFY: store the true last observation of finished episodes; bootstrap on terminations only
         real_next_obs = next_obs.copy()
@@ -916,6 +938,10 @@ if __name__ == "__main__":
         # ALGO LOGIC: training, one update per vector step: critics every iteration, actor every policy_frequency
         if rb.size < args.learning_starts:
             continue
+        if phase == "warm-up":
+            phase = "training"
+            progress.set_description(phase)
+            tqdm.write(f"warm-up done at step {steps_done}: training")
         timer.mark()
         batch = rb.sample(args.batch_size)
         qf_losses, mu, omega = critic_loss_fn(actor, critic, critic_target, batch, omega, alpha, args)
@@ -958,27 +984,30 @@ if __name__ == "__main__":
                     diverged(f"non-finite {tag}")
                 writer.add_scalar(tag, value, global_step)
             writer.add_scalar("charts/update_ms", timer.mean_ms(), global_step)
-            sps = int((steps_done - start_step) / (time.time() - start_time))
-            writer.add_scalar("charts/SPS", sps, global_step)
-            eta = time.strftime("%H:%M:%S", time.gmtime((args.total_timesteps - steps_done) / max(sps, 1)))
-            print(f"step {steps_done}/{args.total_timesteps} ({100 * steps_done / args.total_timesteps:.1f}%) "
-                  f"SPS={sps} ETA={eta} last_eval={last_eval:.2f}")  # fmt: skip
+            writer.add_scalar("charts/SPS", int((steps_done - start_step) / (time.time() - start_time)), global_step)
+            progress.set_postfix_str(f"last eval {last_eval:.1f}, last episode {episode_return:.1f}", refresh=False)
         if iteration % args.eval_frequency == 0 or steps_done >= args.total_timesteps:  # periodic and final
             last_eval = evaluate(actor, eval_envs, device, seed=args.seed + 10_000 + iteration)
             writer.add_scalar("eval/episodic_return", last_eval, global_step)
-            print(f"global_step={global_step}, iteration={iteration}, eval/episodic_return={last_eval:.2f}")
+            progress.set_postfix_str(f"last eval {last_eval:.1f}, last episode {episode_return:.1f}", refresh=False)
+            tqdm.write(f"global_step={global_step}, iteration={iteration}, eval/episodic_return={last_eval:.2f}")
         if args.checkpoint_frequency and iteration % args.checkpoint_frequency == 0:
             write_checkpoint()
 
+    progress.close()
     if task == "MultiGoal" and not stop_signal:  # paper Fig. 2: 100 stochastic trajectories from the origin
         import multigoal_env
 
+        title = f"{args.exp_name} seed {args.seed}, step {steps_done}" + (", untrained" if iteration == 0 else "")
+        if iteration == 0:
+            print("the policy is untrained (no gradient update ran): its multimodality below is not a result")
         num_goals = envs.envs[0].unwrapped.num_goals
         multigoal_env.report_multimodality(actor, num_goals, f"runs/{run_name}/multimodality.png", writer, steps_done,
-                                           seed=args.seed)  # fmt: skip
+                                           seed=args.seed, title=title)  # fmt: skip
     if args.save_model or stop_signal:
         write_checkpoint()
-        print(f"checkpoint saved to {checkpoint_path}; continue with: python {sys.argv[0]} --resume {checkpoint_path}"
+        command = shlex.join([sys.executable, sys.argv[0], "--resume", checkpoint_path])
+        print(f"checkpoint saved to {checkpoint_path}; continue with: {command}"
               + ("" if stop_signal else " --total-timesteps N"))  # fmt: skip
     envs.close()
     eval_envs.close()

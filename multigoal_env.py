@@ -1,4 +1,4 @@
-# Multi-goal 2-D point environment and multimodality evaluation (paper Fig. 2); docs in README "Multi-goal environment"
+# Multi-goal 2-D point environment and multimodality evaluation (paper Fig. 2); docs in README "Implementation details"
 # Command line: python multigoal_env.py CHECKPOINT [--out PNG] [--json PATH] evaluates a training checkpoint.
 import argparse
 import json
@@ -283,7 +283,9 @@ def report_multimodality(actor, num_goals, out_png, writer=None, step=0, seed=0,
     `out_png` (its folder is created); its title is `title` (if given) above a line with k/N and the uniformity.
     """
     trajectories, _, metrics = evaluate_policy(actor, num_goals, num_trajectories, seed)
-    print(f"multimodality ({num_trajectories} trajectories from the origin): {metrics_summary(metrics, num_goals)}")
+    label = f" [{title}]" if title else ""
+    summary = metrics_summary(metrics, num_goals)
+    print(f"multimodality{label} ({num_trajectories} trajectories from the origin): {summary}")
     if writer is not None:
         for key, tag in METRIC_TAGS.items():
             writer.add_scalar(tag, metrics[key], step)
@@ -340,7 +342,8 @@ def main(argv=None):
         "trajectories of its stochastic policy from the origin, goals reached, success rate, coverage uniformity.",
     )
     parser.add_argument("checkpoint", type=Path, help="a checkpoint written with --save-model, runs/RUN/EXP.pt")
-    parser.add_argument("--out", type=Path, help="the trajectory figure (default: multimodality.png next to it)")
+    parser.add_argument("--out", type=Path, help="the trajectory figure (default: STEM_multimodality.png beside the "
+                        "checkpoint STEM.pt; the training run's own multimodality.png stays)")
     parser.add_argument("--num-trajectories", type=int, default=100, help="the number of trajectories (default: 100)")
     parser.add_argument("--seed", type=int, default=0, help="the seed of the policy's noise (default: 0)")
     parser.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
@@ -360,7 +363,7 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(1)  # tiny batches through small networks: one thread is fastest, also on busy cores
-    out_png = args.out or args.checkpoint.parent / "multimodality.png"
+    out_png = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}_multimodality.png")
     train_args, step = checkpoint["args"], int(checkpoint.get("global_step", 0))
     writer = None
     if args.tensorboard:

@@ -5,7 +5,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
 
 SEEDS="1"
 ENVS="MultiGoal4-v0 MultiGoal5-v0 MultiGoal6-v0"
-TOTAL_TIMESTEPS=200000 # 10,000 iterations x 20 envs: the budget of README "Multimodality" (the paper gives none)
+TOTAL_TIMESTEPS=200000 # 10,000 iterations x 20 envs: the budget of README "Results" (the paper gives none)
 OUT_DIR="results/multigoal"
 ETA="" # DACERv2's eta: empty = the script's default for MultiGoal
 
@@ -16,7 +16,7 @@ Usage: bash benchmark/multigoal.sh [OPTIONS] [-- TRAINING FLAGS...]
 Train on the multi-goal task (paper Fig. 2), every env x seed x algorithm in its own process, each with
 --total-timesteps $TOTAL_TIMESTEPS --save-model (a later --total-timesteps after -- overrides the budget).
 Algorithms (run names use them as exp_name):
-  dacerv2   DACERv2 (T = 5) with the script's MultiGoal eta (100; see README "Multimodality"), or --eta
+  dacerv2   DACERv2 (T = 5) with the script's MultiGoal eta (100; see README "Results"), or --eta
   dacer     the DACER baseline: --diffusion-steps 20 --q-grad-coef 0
 Afterwards (also when some runs failed) the checkpoints under runs/ are evaluated with
   \$PYTHON benchmark/multigoal_report.py runs --out OUT

@@ -146,9 +146,12 @@ def test_cli_writes_figure_and_json(tmp_path):
 
 
 def test_cli_default_figure_and_tensorboard(tmp_path, capsys):
+    """The default figure goes beside the checkpoint without replacing the training run's multimodality.png."""
     checkpoint = save_tiny_checkpoint(tmp_path / "run" / "dacer.pt", env_id="MultiGoal-v0", diffusion_steps=20)
+    (tmp_path / "run" / "multimodality.png").write_bytes(b"the training run's figure")
     multigoal_env.main([str(checkpoint), "--num-trajectories", "10", "--tensorboard"])
-    assert (tmp_path / "run" / "multimodality.png").is_file()
+    assert (tmp_path / "run" / "dacer_multimodality.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "run" / "multimodality.png").read_bytes() == b"the training run's figure"
     acc = EventAccumulator(str(tmp_path / "run"), size_guidance={"scalars": 0}).Reload()
     assert acc.Scalars("eval/goals_reached")[0].step == 4000
     assert "/4," in capsys.readouterr().out  # MultiGoal-v0 has 4 goals

@@ -1,5 +1,6 @@
 """Reliability: exact resume, interrupts that keep the run, the divergence guard, and bad input that fails cleanly."""
 
+import shlex
 import signal
 import subprocess
 import sys
@@ -9,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import dacerv2_continuous as dacer
 
 SCRIPT = str(Path(__file__).resolve().parents[1] / "dacerv2_continuous.py")
 PENDULUM = ["--env-id", "Pendulum-v1", "--num-envs", "2", "--learning-starts", "200", "--batch-size", "32",
@@ -61,7 +64,6 @@ def test_a_video_in_progress_stays_out_of_the_checkpoint(tmp_path, monkeypatch):
     the resumed env records again only from the next scheduled episode (it does not write over an earlier video)."""
     import pickle
 
-    import dacerv2_continuous as dacer
     import multigoal_env  # noqa: F401  (registers MultiGoal-v0)
 
     monkeypatch.chdir(tmp_path)
@@ -86,8 +88,6 @@ def test_a_video_in_progress_stays_out_of_the_checkpoint(tmp_path, monkeypatch):
 
 
 def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path):
-    import dacerv2_continuous as dacer
-
     path = tmp_path / "run.pt"
     dacer.save_checkpoint(path, {"iteration": 1, "weights": torch.ones(3)})
     with pytest.raises(Exception):  # fails mid-write: a lambda cannot be pickled
@@ -113,8 +113,8 @@ def test_periodic_checkpoints_hold_everything(tmp_path):
 def test_signal_saves_a_checkpoint_and_exits(tmp_path, signum, status):
     cmd = [sys.executable, SCRIPT, *PENDULUM, "--total-timesteps", "10000000", "--log-frequency", "20"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:  # wait until training runs
-        if line.startswith("step "):
+    for line in proc.stdout:  # wait until training runs and has logged (evaluation every 100 iterations)
+        if "eval/episodic_return=" in line:
             break
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
@@ -123,8 +123,21 @@ def test_signal_saves_a_checkpoint_and_exits(tmp_path, signum, status):
     assert f"--resume {only_checkpoint(tmp_path).relative_to(tmp_path)}" in out
     assert f"stopped by {signal.Signals(signum).name}" in out
     saved = torch.load(only_checkpoint(tmp_path), weights_only=True)
-    assert saved["global_step"] > 200 and saved["iteration"] > 0
+    assert saved["global_step"] > 200 and saved["iteration"] >= 100
     assert scalars(tmp_path, "losses/qf1_loss")  # the writer was flushed and closed
+
+
+def test_the_printed_resume_command_runs_as_printed(tmp_path):
+    """The command printed after --save-model runs as printed (N filled in), with this interpreter, not `python`."""
+    result = run([*PENDULUM, "--total-timesteps", "400", "--save-model"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    (printed,) = [line for line in result.stdout.splitlines() if "continue with: " in line]
+    command = printed.partition("continue with: ")[2].replace("--total-timesteps N", "--total-timesteps 600")
+    assert command.startswith(shlex.quote(sys.executable))
+    resumed = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                             env={"PATH": "/nonexistent"})  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout and torch.load(only_checkpoint(tmp_path))["global_step"] == 600
 
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -180,8 +193,15 @@ BAD_INPUTS = {
     "unknown env": (["--env-id", "Hoper-v4"], "did you mean Hopper-v4"),
     "discrete actions": (["--env-id", "CartPole-v1"], "Discrete(2) action space; DACERv2 needs flat Box spaces"),
     "missing checkpoint": (["--resume", "missing.pt"], "no such file"),
-    "corrupt checkpoint": (["--resume", "garbage.pt"], "cannot read checkpoint"),
+    "corrupt checkpoint": (["--resume", "garbage.pt"], "'garbage.pt' is not a checkpoint written by this script"),
+    "text checkpoint": (["--resume", "notes.txt"], "'notes.txt' is not a checkpoint written by this script"),
+    "empty checkpoint": (["--resume", "empty.pt"], "'empty.pt' is empty, not a checkpoint"),
+    "folder as checkpoint": (["--resume", "runs_folder"], "'runs_folder' is a folder; give the checkpoint file in it"),
     "foreign checkpoint": (["--resume", "foreign.pt"], "is not a checkpoint of this script"),
+    "checkpoint of another env": (["--resume", "pendulum.pt", "--env-id", "Hopper-v4"],
+                                  "the checkpoint was trained with --env-id Pendulum-v1"),
+    "legacy id that never existed": (["--env-id", "InvertedDoublePendulum-v3"],
+                                     "unknown env id 'InvertedDoublePendulum-v3'; did you mean"),
     "runs is a file": (["--env-id", "Pendulum-v1"], "is not a writable folder"),
 }
 
@@ -194,6 +214,12 @@ def bad_input_results(tmp_path_factory):
         cwd = tmp_path_factory.mktemp("bad")
         (cwd / "garbage.pt").write_bytes(b"\x00not a torch file")
         torch.save({"weights": torch.zeros(3)}, cwd / "foreign.pt")
+        (cwd / "notes.txt").write_text("hello\n")
+        (cwd / "empty.pt").write_bytes(b"")
+        (cwd / "runs_folder").mkdir()
+        pendulum = {key: None for key in dacer.CHECKPOINT_KEYS}
+        pendulum["args"] = {"env_id": "Pendulum-v1", "diffusion_steps": 5}
+        torch.save(pendulum, cwd / "pendulum.pt")
         if name == "runs is a file":
             (cwd / "runs").write_text("")
         procs[name] = (cwd, subprocess.Popen([sys.executable, SCRIPT, *args], cwd=cwd, stdout=subprocess.PIPE,

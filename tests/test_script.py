@@ -53,7 +53,33 @@ def test_event_file_holds_every_tag(hopper_run):
     _, run_dir, result = hopper_run
     scalars = read_events(run_dir).Tags()["scalars"]
     assert sorted(set(TAGS) - set(scalars)) == []
-    assert "SPS=" in result.stdout and "ETA=" in result.stdout and "last_eval=" in result.stdout
+
+
+def test_console_shows_a_progress_bar_and_no_episode_lines_or_gymnasium_warnings(hopper_run):
+    _, _, result = hopper_run
+    assert "warm-up:" in result.stderr and "training:" in result.stderr and "steps/s" in result.stderr  # tqdm's bar
+    assert "last eval" in result.stderr and "warm-up done at step 200: training" in result.stdout
+    assert ", episodic_return=" not in result.stdout  # per-episode lines only with --print-episodes
+    assert "out of date" not in result.stderr and "Warning" not in result.stderr
+
+
+def test_print_episodes_brings_the_episode_lines_back(tmp_path):
+    result = run(["--env-id", "Pendulum-v1", "--no-cuda", "--num-envs", "2", *TINY, "--print-episodes"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    episodes = read_events(run_dir).Scalars("charts/episodic_return")
+    assert result.stdout.count(", episodic_return=") == len(episodes) == 2  # 2 envs x 300 steps, 200-step episodes
+
+
+def test_a_run_within_the_warm_up_says_so_and_multigoal_says_untrained(tmp_path):
+    result = run(["--env-id", "MultiGoal6-v0", "--no-cuda", *TINY, "--learning-starts", "601"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "ends within its warm-up (--learning-starts 601)" in result.stdout and "no gradient update" in result.stdout
+    assert "the policy is untrained (no gradient update ran)" in result.stdout
+    assert "multimodality [dacerv2_continuous seed 1, step 600, untrained]" in result.stdout
+    (tmp_path / "limit").mkdir()
+    at_the_limit = run(["--env-id", "Pendulum-v1", "--no-cuda", *TINY, "--learning-starts", "600"], tmp_path / "limit")
+    assert "warm-up" not in at_the_limit.stdout.replace("warm-up done", "")  # its last step still trains once
 
 
 def test_save_model_then_resume_continues_the_run(hopper_run):
@@ -94,7 +120,7 @@ def test_multigoal_run_reports_multimodality(tmp_path):
     """A short run on the 6-goal task ends with the Fig. 2 evaluation: its figure and its eval/ metrics."""
     result = run(["--env-id", "MultiGoal6-v0", "--no-cuda", *TINY], tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "multimodality (100 trajectories from the origin)" in result.stdout
+    assert "trajectories from the origin)" in result.stdout and "untrained" not in result.stdout
     assert "q_grad_coef (eta) = 100.0 for MultiGoal" in result.stdout  # our choice for Fig. 2 (README)
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert (run_dir / "multimodality.png").stat().st_size > 0
