@@ -27,6 +27,9 @@ METRIC_TAGS = {
     "success_rate": "eval/success_rate",
     "uniformity": "eval/coverage_uniformity",
     "min_max_ratio": "eval/min_max_ratio",
+    "mean_steps_to_goal": "eval/mean_steps_to_goal",
+    "path_efficiency": "eval/path_efficiency",
+    "mean_return": "eval/mean_return",
 }
 
 
@@ -130,14 +133,15 @@ def rollout_trajectories(policy, num_goals, num_trajectories=100, seed=0, max_st
     `policy` maps float32 observations (n, 2) to actions (n, 2) in [-1, 1]; it is called once per time step on
     the trajectories still running. Trajectories start at the origin (paper Fig. 2); with
     `start_at_origin=False` they start from the reset distribution drawn with `seed`.
-    Returns the list of position arrays (steps + 1, 2) and `goal_hits`, an int array holding the goal index each
-    trajectory terminated at, or -1 if it reached none within `max_steps`.
+    Returns the list of position arrays (steps + 1, 2), `goal_hits`, an int array holding the goal index each
+    trajectory terminated at, or -1 if it reached none within `max_steps`, and each trajectory's undiscounted return.
     """
     goals = goal_positions(num_goals)
     positions = np.zeros((max_steps + 1, num_trajectories, 2))
     positions[0] = sample_initial_states(np.random.default_rng(seed), num_trajectories, start_at_origin)
     lengths = np.zeros(num_trajectories, dtype=np.int64)
     goal_hits = np.full(num_trajectories, -1, dtype=np.int64)
+    returns = np.zeros(num_trajectories)
     running = np.ones(num_trajectories, dtype=bool)
     for t in range(max_steps):
         idx = np.flatnonzero(running)
@@ -146,21 +150,26 @@ def rollout_trajectories(policy, num_goals, num_trajectories=100, seed=0, max_st
         actions = np.asarray(policy(positions[t, idx].astype(np.float32)))
         if actions.shape != (idx.size, 2):
             raise ValueError(f"policy must return actions of shape {(idx.size, 2)}, got {actions.shape}")
-        next_states, _, terminated, goal_index, _ = multigoal_step(positions[t, idx], actions, goals)
+        next_states, rewards, terminated, goal_index, _ = multigoal_step(positions[t, idx], actions, goals)
         positions[t + 1, idx] = next_states
+        returns[idx] += rewards
         lengths[idx] += 1
         goal_hits[idx] = goal_index
         running[idx[terminated]] = False
     trajectories = [positions[: lengths[i] + 1, i].copy() for i in range(num_trajectories)]
-    return trajectories, goal_hits
+    return trajectories, goal_hits, returns
 
 
-def multimodality_metrics(goal_hits, num_goals):
-    """Summarise goal hits (goal index per trajectory, -1 for a miss) as in paper Sec. 4.1.
+def multimodality_metrics(goal_hits, num_goals, trajectories=None, returns=None):
+    """Summarise goal hits (goal index per trajectory, -1 for a miss) as in paper Sec. 4.1, and how well they were
+    reached: a policy that wanders into every goal by chance must not look like one that learned to go to them.
 
     n_k is the number of trajectories that terminated at goal k. Returns goals_reached (#{k: n_k >= 1}),
     goals_reached_fraction, success_rate (sum n_k / #trajectories), hit_counts, uniformity H(p) / ln N with
     p_k = n_k / sum n_k (0 when nothing succeeded) and min_max_ratio min_k n_k / max_k n_k (0 when nothing succeeded).
+    With the trajectories (position arrays) also mean_steps_to_goal and path_efficiency over the trajectories that
+    reached a goal (nan when none did): efficiency = the straight-line distance from the start to where the goal was
+    reached / the length of the path taken (1 for a straight path); with the returns, their mean_return.
     """
     _check_num_goals(num_goals)
     goal_hits = np.asarray(goal_hits, dtype=np.int64)
@@ -175,7 +184,7 @@ def multimodality_metrics(goal_hits, num_goals):
     else:
         uniformity, min_max_ratio = 0.0, 0.0
     goals_reached = int(np.count_nonzero(counts))
-    return {
+    metrics = {
         "goals_reached": goals_reached,
         "goals_reached_fraction": goals_reached / num_goals,
         "success_rate": float(total / max(goal_hits.size, 1)),
@@ -183,6 +192,15 @@ def multimodality_metrics(goal_hits, num_goals):
         "uniformity": uniformity,
         "min_max_ratio": min_max_ratio,
     }
+    if trajectories is not None:
+        reached = [np.asarray(path) for path, goal in zip(trajectories, goal_hits) if goal >= 0]
+        lengths = [np.linalg.norm(np.diff(path, axis=0), axis=1).sum() for path in reached]
+        efficiency = [np.linalg.norm(path[-1] - path[0]) / length for path, length in zip(reached, lengths)]
+        metrics["mean_steps_to_goal"] = float(np.mean([len(path) - 1 for path in reached])) if reached else np.nan
+        metrics["path_efficiency"] = float(np.mean(efficiency)) if reached else np.nan
+    if returns is not None:
+        metrics["mean_return"] = float(np.mean(returns))
+    return metrics
 
 
 def _new_figure(size_inches):
@@ -263,17 +281,38 @@ def evaluate_policy(policy, num_goals, num_trajectories=100, seed=0):
     """
     if hasattr(policy, "sample"):
         policy = actor_policy(policy, seed)
-    trajectories, goal_hits = rollout_trajectories(policy, num_goals, num_trajectories, max_steps=MAX_EPISODE_STEPS)
-    return trajectories, goal_hits, multimodality_metrics(goal_hits, num_goals)
+    trajectories, goal_hits, returns = rollout_trajectories(policy, num_goals, num_trajectories,
+                                                            max_steps=MAX_EPISODE_STEPS)  # fmt: skip
+    return trajectories, goal_hits, multimodality_metrics(goal_hits, num_goals, trajectories, returns)
 
 
 def metrics_summary(metrics, num_goals):
-    """One line of text: goals reached k/N, success rate, hits per goal, uniformity and min/max ratio."""
+    """One line of text: goals reached k/N, success rate, hits per goal, uniformity, min/max ratio, and how well."""
     return (
         f"goals reached {metrics['goals_reached']}/{num_goals}, success rate {metrics['success_rate']:.2f}, "
         f"hits per goal {metrics['hit_counts']}, uniformity H(p)/ln N {metrics['uniformity']:.3f}, "
-        f"min/max ratio {metrics['min_max_ratio']:.2f}"
+        f"min/max ratio {metrics['min_max_ratio']:.2f}, mean steps to goal {metrics['mean_steps_to_goal']:.1f}, "
+        f"path efficiency {metrics['path_efficiency']:.2f}, mean return {metrics['mean_return']:.1f}"
     )
+
+
+def random_policy(seed=0):
+    """Uniform random actions in [-1, 1]^2 (a reference row of every multimodality table)."""
+    rng = np.random.default_rng(seed)
+    return lambda obs: rng.uniform(-1.0, 1.0, size=(len(obs), 2))
+
+
+def untrained_actor(train_args):
+    """The network a training run with these arguments starts from: the script seeds torch with --seed and builds the
+    actor first (a reference row of every multimodality table: the same evaluation, no learning)."""
+    import torch
+
+    import dacerv2_continuous as dacer
+
+    with torch.random.fork_rng():
+        torch.manual_seed(train_args["seed"])
+        return dacer.DiffusionActor(2, 2, train_args["hidden_dim"], train_args["num_layers"],
+                                    train_args["diffusion_steps"])  # fmt: skip
 
 
 def report_multimodality(actor, num_goals, out_png, writer=None, step=0, seed=0, title=None, num_trajectories=100):

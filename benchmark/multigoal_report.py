@@ -22,6 +22,8 @@ from multigoal_env import (  # noqa: E402 (after making the repository root impo
     evaluate_policy,
     load_actor,
     plot_trajectories,
+    random_policy,
+    untrained_actor,
 )
 
 ALGORITHMS = {"dacerv2": "DACERv2", "dacer": "DACER"}  # exp_name of benchmark/multigoal.sh -> label, in figure order
@@ -43,6 +45,7 @@ class Evaluation:
     global_step: int
     trajectories: list
     metrics: dict
+    train_args: dict
 
     @property
     def label(self):
@@ -72,7 +75,7 @@ def evaluate_checkpoints(runs_dir, num_trajectories, seed):
         args, step = checkpoint["args"], int(checkpoint.get("global_step", 0))
         trajectories, _, metrics = evaluate_policy(actor, num_goals, num_trajectories, seed)
         exp_name, run_seed = args.get("exp_name", path.stem), int(args.get("seed", 0))
-        evaluations.append(Evaluation(path, exp_name, num_goals, run_seed, step, trajectories, metrics))
+        evaluations.append(Evaluation(path, exp_name, num_goals, run_seed, step, trajectories, metrics, args))
     if not evaluations:
         raise ReportError(f"no usable MultiGoal checkpoint under {str(runs_dir)!r}: {'; '.join(notes)}")
     return evaluations, notes
@@ -132,39 +135,61 @@ def plot_grid(groups, path):
 
 
 def mean_std(values, digits):
-    """`mean` for one value, `mean ± std` (population std, ddof=0) for several."""
+    """`mean` for one value, `mean ± std` (population std, ddof=0) for several; `-` where undefined (nan)."""
+    values = [v for v in values if not np.isnan(v)]
+    if not values:
+        return "-"
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
 
 
-def table(groups):
-    """Markdown table lines: one row per (algorithm, N); blank cells where no checkpoint was found."""
-    lines = [
-        "| algorithm | goals N | seeds | goals reached k/N | success rate | uniformity H(p)/ln N | min/max ratio "
-        "| hits per goal (all seeds) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+def reference_rows(groups, num_trajectories, seed):
+    """{(label, N): (seeds, metrics per seed)} of the references every result is read against: each algorithm's
+    network at initialisation (that of each of its runs, same evaluation) and uniform random actions."""
+    rows = {}
     for (exp, n), cell in groups.items():
-        if not cell:
-            lines.append(f"| {label_of(exp)} | {n} | | | | | | |")
-            continue
-        reached = [e.metrics["goals_reached"] for e in cell]
-        goals = f"{reached[0]}/{n}"
-        if len(cell) > 1:
-            goals = f"{np.mean(reached):.2f}/{n} ({', '.join(map(str, reached))})"
-        hits = np.sum([e.metrics["hit_counts"] for e in cell], axis=0).tolist()
-        cells = [
-            label_of(exp),
-            str(n),
-            ", ".join(str(e.seed) for e in cell),
-            goals,
-            mean_std([e.metrics["success_rate"] for e in cell], 2),
-            mean_std([e.metrics["uniformity"] for e in cell], 3),
-            mean_std([e.metrics["min_max_ratio"] for e in cell], 2),
-            str(hits),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        if cell:
+            untrained = [evaluate_policy(untrained_actor(e.train_args), n, num_trajectories, seed)[2] for e in cell]
+            rows[f"{label_of(exp)}, untrained", n] = (", ".join(str(e.seed) for e in cell), untrained)
+    for n in VALID_NUM_GOALS:
+        rows["uniform random actions", n] = ("-", [evaluate_policy(random_policy(seed), n, num_trajectories)[2]])
+    return rows
+
+
+def table_row(label, n, seeds, all_metrics):
+    """One markdown row; several seeds: mean ± population std, the goals column lists each seed's k."""
+    reached = [m["goals_reached"] for m in all_metrics]
+    goals = f"{reached[0]}/{n}"
+    if len(reached) > 1:
+        goals = f"{np.mean(reached):.2f}/{n} ({', '.join(map(str, reached))})"
+    cells = [label, str(n), seeds, goals]
+    for key, digits in (("success_rate", 2), ("uniformity", 3), ("min_max_ratio", 2), ("mean_steps_to_goal", 1),
+                        ("path_efficiency", 2), ("mean_return", 0)):  # fmt: skip
+        cells.append(mean_std([m[key] for m in all_metrics], digits))
+    cells.append(str(np.sum([m["hit_counts"] for m in all_metrics], axis=0).tolist()))
+    return "| " + " | ".join(cells) + " |"
+
+
+def table(groups, references):
+    """Markdown table lines, by number of goals: each algorithm, then the references (untrained, random)."""
+    lines = [
+        "| policy | goals N | seeds | goals reached k/N | success rate | uniformity H(p)/ln N | min/max ratio "
+        "| mean steps to goal | path efficiency | mean return | hits per goal (all seeds) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n in VALID_NUM_GOALS:
+        for (exp, cell_n), cell in groups.items():
+            if cell_n != n:
+                continue
+            if not cell:
+                lines.append("| " + " | ".join([label_of(exp), str(n)] + [""] * 9) + " |")
+                continue
+            seeds = ", ".join(str(e.seed) for e in cell)
+            lines.append(table_row(label_of(exp), n, seeds, [e.metrics for e in cell]))
+        for (label, ref_n), (seeds, all_metrics) in references.items():
+            if ref_n == n:
+                lines.append(table_row(label, n, seeds, all_metrics))
     return lines
 
 
@@ -180,7 +205,7 @@ def cell_notes(groups):
     return notes
 
 
-def render_markdown(runs_dir, groups, notes, num_trajectories, seed):
+def render_markdown(runs_dir, groups, references, notes, num_trajectories, seed):
     """The whole multigoal.md as one string."""
     evaluations = [e for cell in groups.values() for e in cell]
     lines = [
@@ -190,10 +215,14 @@ def render_markdown(runs_dir, groups, notes, num_trajectories, seed):
         "trajectories of its stochastic policy (fresh reverse-chain noise, no lambda * alpha exploration noise, "
         f"torch generator seed {seed}) from exactly the origin, horizon 100 steps. k = goals with at least one "
         "hit; success rate = hits / trajectories; uniformity = H(p) / ln N with p the hit distribution over "
-        "goals; min/max ratio = min_k n_k / max_k n_k. Several seeds: mean ± population std (ddof=0), the goals "
+        "goals; min/max ratio = min_k n_k / max_k n_k; mean steps to goal and path efficiency (straight-line "
+        "distance from the start to where the goal was reached / length of the path) over the trajectories that "
+        "reached a goal; mean return over all. The untrained rows run the same evaluation on each algorithm's network "
+        "at initialisation (its runs' seeds), the last row uniform random actions: a result is read against them, "
+        "since a policy that wanders reaches goals too. Several seeds: mean ± population std (ddof=0), the goals "
         "column lists each seed's k. Paper Fig. 2: at N = 6 DACER reaches 5/6 goals, DACERv2 6/6.",
         "",
-        *table(groups),
+        *table(groups, references),
         "",
         f"![trajectories](multigoal.png) (seed {FIGURE_SEED} of each cell, or its lowest seed)",
         "",
@@ -233,7 +262,9 @@ def main(argv=None):
     groups = group(drop_duplicates(evaluations, notes))
     args.out.mkdir(parents=True, exist_ok=True)
     plot_grid(groups, args.out / "multigoal.png")
-    markdown = render_markdown(args.runs_dir, groups, cell_notes(groups) + notes, args.num_trajectories, args.seed)
+    references = reference_rows(groups, args.num_trajectories, args.seed)
+    markdown = render_markdown(args.runs_dir, groups, references, cell_notes(groups) + notes, args.num_trajectories,
+                               args.seed)  # fmt: skip
     (args.out / "multigoal.md").write_text(markdown)
     print(markdown, end="")
 

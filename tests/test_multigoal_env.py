@@ -257,6 +257,22 @@ def test_metrics_none_succeed():
     assert metrics["uniformity"] == 0.0 and metrics["min_max_ratio"] == 0.0
 
 
+def test_metrics_of_hand_made_paths():
+    """Path efficiency: 1 for a straight path, less for one that doubles back; steps and return as given."""
+    straight = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.5, 0.0]])
+    doubling_back = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.5, 0.0]])
+    wandering_miss = np.array([[0.0, 0.0], [0.5, 0.5], [0.0, 0.0]])
+    paths = [straight, doubling_back, wandering_miss]
+    metrics = multimodality_metrics([0, 0, -1], 4, paths, returns=[-1.0, -2.0, -6.0])
+    assert metrics["mean_steps_to_goal"] == 5.0  # (4 + 6) / 2: the miss does not count
+    assert metrics["path_efficiency"] == pytest.approx((1.0 + 4.5 / 6.5) / 2)  # doubling back: 4.5 over a 6.5 path
+    assert metrics["mean_return"] == -3.0
+    alone = multimodality_metrics([0], 4, [doubling_back])
+    assert alone["path_efficiency"] == pytest.approx(4.5 / 6.5) and "mean_return" not in alone
+    nothing = multimodality_metrics([-1], 4, [wandering_miss], [-6.0])
+    assert np.isnan(nothing["path_efficiency"]) and np.isnan(nothing["mean_steps_to_goal"])
+
+
 def test_metrics_reject_unknown_goal_index():
     with pytest.raises(ValueError, match="goal_hits"):
         multimodality_metrics([0, 4], num_goals=4)
@@ -274,7 +290,7 @@ def test_rollout_steering_policy_hits_every_goal(num_goals):
         batch_sizes.append(len(obs))
         return steer(obs)
 
-    trajectories, goal_hits = rollout_trajectories(policy, num_goals, num_trajectories=12)
+    trajectories, goal_hits, _ = rollout_trajectories(policy, num_goals, num_trajectories=12)
     np.testing.assert_array_equal(goal_hits, np.arange(12) % num_goals)
     assert multimodality_metrics(goal_hits, num_goals)["goals_reached"] == num_goals
     goals = goal_positions(num_goals)
@@ -287,7 +303,7 @@ def test_rollout_steering_policy_hits_every_goal(num_goals):
 
 
 def test_rollout_zero_policy_hits_nothing():
-    trajectories, goal_hits = rollout_trajectories(zero_policy, 4, num_trajectories=7, max_steps=100)
+    trajectories, goal_hits, _ = rollout_trajectories(zero_policy, 4, num_trajectories=7, max_steps=100)
     np.testing.assert_array_equal(goal_hits, -1)
     assert len(trajectories) == 7
     assert all(t.shape == (101, 2) and not t.any() for t in trajectories)
@@ -297,7 +313,7 @@ def test_rollout_matches_env_dynamics():
     def policy(obs):
         return np.tile(np.array([0.9, 0.1], dtype=np.float32), (len(obs), 1))
 
-    trajectories, goal_hits = rollout_trajectories(policy, 4, num_trajectories=3)
+    trajectories, goal_hits, _ = rollout_trajectories(policy, 4, num_trajectories=3)
     env = MultiGoalEnv(start_at_origin=True)
     positions = [env.reset(seed=0)[0]]
     terminated = False
@@ -322,7 +338,7 @@ def test_rollout_rejects_bad_policy_output():
 
 
 def test_plot_trajectories_writes_png(tmp_path):
-    trajectories, _ = rollout_trajectories(steer_to_goals(6), 6, num_trajectories=12)
+    trajectories, _, _ = rollout_trajectories(steer_to_goals(6), 6, num_trajectories=12)
     path = tmp_path / "trajectories.png"
     ax = plot_trajectories(trajectories, 6, path, title="steering policy")
     assert path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -334,6 +350,6 @@ def test_plot_trajectories_into_given_axes():
     fig = multigoal_env._new_figure(size_inches=6.0)
     axes = fig.subplots(2, 3)
     for ax, num_goals in zip(axes.flat, [4, 5, 6, 4, 5, 6]):
-        trajectories, _ = rollout_trajectories(steer_to_goals(num_goals), num_goals, num_trajectories=num_goals)
+        trajectories, _, _ = rollout_trajectories(steer_to_goals(num_goals), num_goals, num_trajectories=num_goals)
         assert plot_trajectories(trajectories, num_goals, None, ax=ax) is ax
         assert len(ax.lines) >= num_goals

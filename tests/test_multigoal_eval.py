@@ -21,7 +21,8 @@ from multigoal_env import CheckpointError, evaluate_policy, goal_positions, load
 REPO = Path(__file__).resolve().parents[1]
 MULTIGOAL = str(REPO / "multigoal_env.py")
 SCRIPT = str(REPO / "dacerv2_continuous.py")
-METRIC_KEYS = {"goals_reached", "goals_reached_fraction", "success_rate", "hit_counts", "uniformity", "min_max_ratio"}
+METRIC_KEYS = {"goals_reached", "goals_reached_fraction", "success_rate", "hit_counts", "uniformity", "min_max_ratio",
+               "mean_steps_to_goal", "path_efficiency", "mean_return"}
 
 
 @pytest.fixture(autouse=True)
@@ -80,6 +81,42 @@ def test_evaluate_policy_hand_made_uniform_policy():
     assert metrics["hit_counts"] == [25] * 4 and metrics["goals_reached"] == 4
     assert metrics["uniformity"] == pytest.approx(1.0) and metrics["min_max_ratio"] == 1.0
     assert metrics["success_rate"] == 1.0
+    assert metrics["path_efficiency"] == pytest.approx(1.0) and metrics["mean_steps_to_goal"] == 5.0  # unit steps
+    # each step costs 30 |a|^2 = 30 and its squared distance to the goal (4, 3, 2, 1, then 0 and +10 at the goal)
+    assert metrics["mean_return"] == pytest.approx(-5 * 30 - (16 + 9 + 4 + 1 + 0) + 10)
+
+
+def test_untrained_network_scores_far_below_a_straight_to_the_nearest_goal_policy():
+    """The evidence a learned multimodal policy must give: an untrained network (like uniform random actions)
+    wanders, so even when it reaches goals it takes many steps on crooked paths and earns a low return."""
+    goals = goal_positions(6)
+
+    def straight_to_nearest(obs):  # from the origin every goal is nearest: trajectory i takes goal i mod 6
+        direction = goals[np.arange(len(obs)) % 6] - obs  # (all arrive together, so i keeps its goal)
+        return direction / np.linalg.norm(direction, axis=1, keepdims=True)
+
+    _, _, straight = evaluate_policy(straight_to_nearest, 6)
+    torch.manual_seed(0)
+    _, _, untrained = evaluate_policy(dacer.DiffusionActor(2, 2, 32, 2, 5), 6)
+    _, _, uniform = evaluate_policy(multigoal_env.random_policy(0), 6)
+    assert straight["goals_reached"] == 6 and straight["path_efficiency"] == pytest.approx(1.0)
+    for reference in (untrained, uniform):
+        assert reference["mean_return"] < straight["mean_return"] - 100
+        assert not reference["path_efficiency"] > 0.6  # nan (no goal reached) counts as far below
+        assert not reference["mean_steps_to_goal"] < 2 * straight["mean_steps_to_goal"]
+
+
+def test_untrained_actor_is_the_network_a_run_starts_from(tmp_path):
+    """multigoal_env.untrained_actor(args) rebuilds a run's initial actor: a run without updates saves exactly it."""
+    command = [sys.executable, str(REPO / "dacerv2_continuous.py"), "--env-id", "MultiGoal4-v0", "--no-cuda",
+               "--total-timesteps", "40", "--learning-starts", "100", "--num-envs", "2", "--hidden-dim", "16",
+               "--seed", "7", "--save-model"]  # fmt: skip
+    assert subprocess.run(command, cwd=tmp_path, capture_output=True, timeout=300).returncode == 0
+    (path,) = tmp_path.glob("runs/*/*.pt")
+    checkpoint = torch.load(path, weights_only=True)
+    rebuilt = multigoal_env.untrained_actor(checkpoint["args"]).state_dict()
+    assert rebuilt.keys() == checkpoint["actor"].keys()
+    assert all(torch.equal(rebuilt[k], checkpoint["actor"][k]) for k in rebuilt)
 
 
 def test_evaluate_policy_of_an_actor_is_seeded():
@@ -212,11 +249,14 @@ def test_multigoal_report_on_two_checkpoints(tmp_path):
     assert (out / "multigoal.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (out / "multigoal.md").read_text()
     assert result.stdout == markdown
-    rows = [line for line in markdown.splitlines() if line.startswith("| DACER")]
-    assert len(rows) == 6
-    assert rows[2].startswith("| DACERv2 | 6 | 1 | ") and "/6 |" in rows[2]
-    assert rows[3].startswith("| DACER | 4 | 2 | ") and "/4 |" in rows[3]
-    assert rows[0] == "| DACERv2 | 4 | | | | | | |"
+    rows = [line.split(" | ")[:3] for line in markdown.splitlines() if line.startswith("| ") and " | " in line]
+    # by number of goals: each algorithm (blank without a checkpoint), its untrained network, uniform random actions
+    assert rows[1:] == [["| DACERv2", "4", ""], ["| DACER", "4", "2"], ["| DACER, untrained", "4", "2"],
+                        ["| uniform random actions", "4", "-"], ["| DACERv2", "5", ""], ["| DACER", "5", ""],
+                        ["| uniform random actions", "5", "-"], ["| DACERv2", "6", "1"], ["| DACER", "6", ""],
+                        ["| DACERv2, untrained", "6", "1"], ["| uniform random actions", "6", "-"]]  # fmt: skip
+    trained, untrained = [line for line in markdown.splitlines() if line.startswith("| DACERv2") and "| 6 |" in line]
+    assert trained.count(" | ") == untrained.count(" | ") == 10  # eleven columns, path efficiency and return included
     assert "- DACER / 6 goals: no checkpoint" in markdown and "Hopper" not in markdown
     missing = subprocess.run([*command[:2], str(tmp_path / "none")], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1

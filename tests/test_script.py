@@ -118,9 +118,17 @@ def test_help_lists_flags_and_units():
 
 def test_multigoal_run_reports_multimodality(tmp_path):
     """A short run on the 6-goal task ends with the Fig. 2 evaluation: its figure and its eval/ metrics."""
-    result = run(["--env-id", "MultiGoal6-v0", "--no-cuda", *TINY], tmp_path)
+    result = run(["--env-id", "MultiGoal6-v0", "--no-cuda", *TINY, "--save-model"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert "trajectories from the origin)" in result.stdout and "untrained" not in result.stdout
+    assert "path efficiency" in result.stdout and "mean return" in result.stdout
+    report = subprocess.run([sys.executable, str(Path(SCRIPT).parent / "benchmark" / "multigoal_report.py"), "runs",
+                             "--out", "report", "--num-trajectories", "20"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    table = (tmp_path / "report" / "multigoal.md").read_text()  # the run beside its references
+    assert "| dacerv2_continuous | 6 | 1 |" in table and "| dacerv2_continuous, untrained | 6 | 1 |" in table
+    assert "| uniform random actions | 6 | - |" in table and (tmp_path / "report" / "multigoal.png").is_file()
     assert "q_grad_coef (eta) = 100.0 for MultiGoal" in result.stdout  # our choice for Fig. 2 (README)
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert (run_dir / "multimodality.png").stat().st_size > 0
