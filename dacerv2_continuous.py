@@ -207,7 +207,8 @@ class Mish(nn.Module):
     def forward(self, x):
         if torch.compiler.is_compiling():
             e = torch.exp(x.clamp(max=20.0))
-            return x * (e * (e + 2)) / (e * (e + 2) + 2)
+            n = e * (e + 2)
+            return x * n / (n + 2)
         return x * torch.tanh(F.softplus(x))
 
 

@@ -302,17 +302,21 @@ def random_policy(seed=0):
     return lambda obs: rng.uniform(-1.0, 1.0, size=(len(obs), 2))
 
 
+def build_actor(train_args):
+    """A CPU `DiffusionActor` with the sizes of a training run's arguments (2-D states and actions)."""
+    import dacerv2_continuous as dacer
+
+    return dacer.DiffusionActor(2, 2, train_args["hidden_dim"], train_args["num_layers"], train_args["diffusion_steps"])
+
+
 def untrained_actor(train_args):
     """The network a training run with these arguments starts from: the script seeds torch with --seed and builds the
     actor first (a reference row of every multimodality table: the same evaluation, no learning)."""
     import torch
 
-    import dacerv2_continuous as dacer
-
     with torch.random.fork_rng():
         torch.manual_seed(train_args["seed"])
-        return dacer.DiffusionActor(2, 2, train_args["hidden_dim"], train_args["num_layers"],
-                                    train_args["diffusion_steps"])  # fmt: skip
+        return build_actor(train_args)
 
 
 def report_multimodality(actor, num_goals, out_png, writer=None, step=0, seed=0, title=None, num_trajectories=100):
@@ -365,7 +369,7 @@ def load_actor(path):
             f"{str(path)!r} was trained on {args.get('env_id')!r}, not a multi-goal env ({', '.join(ENV_NUM_GOALS)})"
         )
     try:
-        actor = dacer.DiffusionActor(2, 2, args["hidden_dim"], args["num_layers"], args["diffusion_steps"])
+        actor = build_actor(args)
         actor.load_state_dict(checkpoint["actor"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:  # missing sizes or mismatching weights
         message = f"cannot build the actor of {str(path)!r} ({dacer.error_summary(error, 100)})"
