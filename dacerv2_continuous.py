@@ -59,6 +59,8 @@ class Args:
     """whether checkpoints include the replay buffer (needed for an exact resume; large)"""
     resume: Optional[str] = None
     """the path of a checkpoint to continue training from (its arguments are the defaults; flags given override)"""
+    resume_if_exists: bool = False
+    """if toggled, the run folder is runs/{env_id}__{exp_name}__{seed} and a run continues from its checkpoint (Slurm)"""
     log_frequency: int = 1_000
     """the interval of the logged losses and the progress bar's figures, in iterations"""
     print_episodes: bool = False
@@ -491,9 +493,7 @@ def resolve_env_id(env_id):
     # gymnasium's "-v4 is out of date" warning is silenced: the line below, or the user's own choice of -v4, says enough
     warnings.filterwarnings("ignore", ".*is out of date. You should consider upgrading", DeprecationWarning)
     if "mujoco_py" in getattr(gym.registry[env_id].entry_point, "__name__", ""):  # gymnasium keeps them, unrunnable
-        name = env_id.rpartition("-")[0]
-        print(f"{env_id} needs mujoco-py (MuJoCo 2.1), which gymnasium dropped: using {name}-v4 (README: Known differences)")
-        return f"{name}-v4"
+        return f"{env_id.rpartition('-')[0]}-v4"
     return env_id
 
 
@@ -501,6 +501,9 @@ def check_setup(args):
     """Before any run folder exists: the env id to run, that it can be made (and rendered, with --capture-video), that
     optional packages are there; returns env_id, task and eta (--q-grad-coef, or the paper's value for the task)."""
     env_id = resolve_env_id(args.env_id)
+    if env_id != args.env_id:
+        print(f"{args.env_id} needs mujoco-py (MuJoCo 2.1), which gymnasium dropped: using {env_id} (README: Known "
+              "differences)")  # fmt: skip
     for flag, package in (("capture_video", "moviepy"), ("track", "wandb")):
         try:
             if getattr(args, flag):
@@ -751,9 +754,14 @@ def compile_functions(actor, device):
     return torch.compile(critic_loss), torch.compile(actor_loss)
 
 
-def parse_args():
+def fixed_run_name(args):
+    """The run folder's name under --resume-if-exists: the same for every start of a run (no time in it)."""
+    return f"{resolve_env_id(args.env_id)}__{args.exp_name}__{args.seed}"
+
+
+def parse_args(argv=None):
     """tyro CLI; with --resume, the checkpoint's arguments are the defaults that the given flags override."""
-    argv, checkpoint, defaults = sys.argv[1:], None, Args()
+    argv, checkpoint, defaults = sys.argv[1:] if argv is None else argv, None, Args()
     for i, arg in enumerate(argv):
         if arg == "--resume" or arg.startswith("--resume="):
             path = arg.partition("=")[2] or (argv[i + 1] if i + 1 < len(argv) else "")
@@ -763,7 +771,7 @@ def parse_args():
     tyro_errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(tyro_errors):
-            args = tyro.cli(Args, default=defaults)
+            args = tyro.cli(Args, default=defaults, args=argv)
     except SystemExit as e:
         if e.code:  # tyro's boxed message -> its first line
             lines = [line.strip("│ ") for line in tyro_errors.getvalue().splitlines() if line.startswith("│")]
@@ -788,6 +796,11 @@ def parse_args():
             fail(f"--resume: the checkpoint was trained with --{name.replace('_', '-')} {checkpoint['args'][name]}")
     if args.learning_starts > args.buffer_size:
         fail(f"--learning-starts ({args.learning_starts}) must not exceed --buffer-size ({args.buffer_size})")
+    if args.resume_if_exists and not checkpoint and os.path.isfile(f"runs/{fixed_run_name(args)}/{args.exp_name}.pt"):
+        return parse_args(["--resume", f"runs/{fixed_run_name(args)}/{args.exp_name}.pt", *argv])  # its own flags again
+    if checkpoint and checkpoint["global_step"] >= args.total_timesteps and args.resume_if_exists:
+        print(f"{checkpoint['run_name']} has reached --total-timesteps {args.total_timesteps}: nothing to do")
+        sys.exit(0)
     if os.path.exists("runs") and not (os.path.isdir("runs") and os.access("runs", os.W_OK)):
         fail(f"cannot write run folders: {os.path.abspath('runs')} is not a writable folder")
     if not os.path.exists("runs") and not os.access(".", os.W_OK):
@@ -808,6 +821,11 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, request_stop)
     env_id, task, q_grad_coef = check_setup(args)
     run_name = checkpoint["run_name"] if checkpoint else f"{env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    if args.resume_if_exists and not checkpoint:
+        run_name = fixed_run_name(args)
+        for stale in Path("runs", run_name).glob("events.out.tfevents.*"):  # a start that wrote no checkpoint
+            print(f"runs/{run_name} has no checkpoint: starting it over, without its old {stale.name}")
+            stale.unlink()
 
     # TRY NOT TO MODIFY: device, seeding
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")

@@ -1,10 +1,12 @@
 # shellcheck shell=bash
-# Launching logic shared by benchmark/mujoco.sh and benchmark/ablation.sh (sourced by them, not run directly).
+# Launching logic shared by benchmark/mujoco.sh, ablation.sh and multigoal.sh (sourced by them, not run directly).
 #
 # The sourcing script defines `usage` (its --help text) and `handle_option NAME VALUE` (returns 1 for an option it
-# does not know), calls `launch_parse_args "$@"`, queues runs with `add_job ENV EXP_NAME SEED [FLAGS...]` and ends
-# with `launch_jobs`. Every job is one shell line: the training command followed by a redirection to its log file;
-# --dry-run prints exactly these lines.
+# does not know), calls `launch_parse_args "$@"`, queues runs with `add_job ENV EXP_NAME SEED [FLAGS...]` (or
+# `add_script_job SCRIPT ENV EXP_NAME SEED [FLAGS...]` for another training script) and ends with `launch_jobs`.
+# Locally every job is one shell line, the training command and a redirection to its log file, run by xargs -P;
+# --dry-run prints these lines. With --slurm, launch_jobs writes one sbatch script with a job array (one task per
+# run) and submits it; --dry-run prints that script.
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SCRIPT="$REPO_ROOT/dacerv2_continuous.py"
@@ -14,8 +16,21 @@ WORKERS=1
 LOG_DIR="logs"
 DRY_RUN=0
 FORWARD=()
-JOBS=()
+JOBS=()     # local: "command > log 2>&1"
+COMMANDS=() # the same runs for --slurm: the command, and its log file in LOGS
+LOGS=()
 declare -A QUEUED=()
+SLURM=0
+SLURM_PARTITION=""
+SLURM_TIME="24:00:00"
+SLURM_CPUS=1
+SLURM_MEM="8G"
+SLURM_GPUS=0
+SLURM_MAX_PARALLEL=""
+SLURM_EXTRA=""
+# Under --slurm the training script's runs get a fixed folder, continue from its checkpoint when requeued, and write
+# one every 50,000 iterations and at the end, with the replay buffer (an exact resume); flags after -- override these.
+SLURM_RUN_FLAGS=(--resume-if-exists --save-model --checkpoint-buffer --checkpoint-frequency 50000)
 
 # Print an error and the --help hint to stderr, then exit 2.
 launch_die() {
@@ -29,13 +44,25 @@ launch_common_help() {
   --seeds "S ..."     seeds to run (default: "$SEEDS")
   --workers N         number of runs at once, via xargs -P (default: $WORKERS)
   --log-dir DIR       where each run's stdout/stderr goes, as DIR/{env}__{exp_name}__{seed}.log (default: $LOG_DIR)
-  --dry-run           print the exact command of every run, one per line, and exit
+  --dry-run           print the exact command of every run, one per line (with --slurm: the sbatch script), and exit
   -h, --help          show this help and exit
   -- ARGS...          everything after -- is passed to every run of dacerv2_continuous.py
 
 Runs are written to runs/ under the current directory (TensorBoard event files); summarise them with
   python benchmark/report.py runs --out results
 The Python interpreter is \$PYTHON (default: python); the training script is $SCRIPT.
+
+Slurm (README "Running on a cluster"): one job array, one task per run, submitted with sbatch.
+  --slurm             submit the runs to Slurm instead of running them here
+  --partition P       the partition (default: the cluster's default)
+  --time T            each task's time limit, e.g. 12:00:00 or 2-00:00:00 (default: $SLURM_TIME); a task that
+                      reaches it (or is pre-empted) saves a checkpoint, is requeued and continues from it
+  --cpus-per-task N   CPUs per task (default: $SLURM_CPUS)
+  --mem M             memory per task, e.g. 8G (default: $SLURM_MEM)
+  --gpus N            GPUs per task (default: $SLURM_GPUS; pass -- --cuda to train on them)
+  --max-parallel N    at most N tasks at once (default: no limit)
+  --sbatch "OPTS"     more sbatch options, e.g. --sbatch "--account=lab --qos=low"
+Under --slurm each run of the training script gets ${SLURM_RUN_FLAGS[*]}.
 EOF
 }
 
@@ -48,6 +75,7 @@ launch_parse_args() {
                 exit 0
                 ;;
             --dry-run) DRY_RUN=1 ;;
+            --slurm) SLURM=1 ;;
             --)
                 shift
                 FORWARD=("$@")
@@ -59,6 +87,13 @@ launch_parse_args() {
                     --seeds) SEEDS="$2" ;;
                     --workers) WORKERS="$2" ;;
                     --log-dir) LOG_DIR="$2" ;;
+                    --partition) SLURM_PARTITION="$2" ;;
+                    --time) SLURM_TIME="$2" ;;
+                    --cpus-per-task) SLURM_CPUS="$2" ;;
+                    --mem) SLURM_MEM="$2" ;;
+                    --gpus) SLURM_GPUS="$2" ;;
+                    --max-parallel) SLURM_MAX_PARALLEL="$2" ;;
+                    --sbatch) SLURM_EXTRA="$2" ;;
                     *) handle_option "$1" "$2" || launch_die "unknown option $1" ;;
                 esac
                 shift
@@ -70,23 +105,45 @@ launch_parse_args() {
     [[ $WORKERS =~ ^[1-9][0-9]*$ ]] || launch_die "--workers needs a positive integer, got '$WORKERS'"
     [[ $SEEDS =~ ^[[:space:]]*[0-9]+([[:space:]]+[0-9]+)*[[:space:]]*$ ]] ||
         launch_die "--seeds needs a space-separated list of integers, got '$SEEDS'"
+    # Slurm's time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
+    [[ $SLURM_TIME =~ ^([0-9]+|[0-9]+:[0-9]{1,2}|[0-9]+:[0-9]{1,2}:[0-9]{1,2}|[0-9]+-[0-9]+(:[0-9]{1,2}){0,2})$ ]] ||
+        launch_die "--time needs a Slurm time limit such as 12:00:00 or 2-00:00:00, got '$SLURM_TIME'"
+    [[ $SLURM_CPUS =~ ^[1-9][0-9]*$ ]] || launch_die "--cpus-per-task needs a positive integer, got '$SLURM_CPUS'"
+    [[ $SLURM_MEM =~ ^[1-9][0-9]*[KMGT]?$ ]] || launch_die "--mem needs a size such as 8G or 8000M, got '$SLURM_MEM'"
+    [[ $SLURM_GPUS =~ ^[0-9]+$ ]] || launch_die "--gpus needs a non-negative integer, got '$SLURM_GPUS'"
+    [[ -z $SLURM_MAX_PARALLEL || $SLURM_MAX_PARALLEL =~ ^[1-9][0-9]*$ ]] ||
+        launch_die "--max-parallel needs a positive integer, got '$SLURM_MAX_PARALLEL'"
+    [[ -z $SLURM_PARTITION || $SLURM_PARTITION =~ ^[A-Za-z0-9_.-]+$ ]] ||
+        launch_die "--partition needs a partition name, got '$SLURM_PARTITION'"
 }
 
-# Queue one run (ENV EXP_NAME SEED [FLAGS...]); an identical run queued twice is launched once.
+# Queue one run of the training script (ENV EXP_NAME SEED [FLAGS...]); an identical run queued twice runs once.
 add_job() {
-    local env="$1" exp="$2" seed="$3" cmd log
-    shift 3
-    printf -v cmd '%q ' "$PYTHON" "$SCRIPT" --env-id "$env" --seed "$seed" --exp-name "$exp" "$@" "${FORWARD[@]}"
+    add_script_job "$SCRIPT" "$@"
+}
+
+# Queue one run of SCRIPT (SCRIPT ENV EXP_NAME SEED [FLAGS...]).
+add_script_job() {
+    local script="$1" env="$2" exp="$3" seed="$4" cmd log resumable=()
+    shift 4
+    ((SLURM)) && [[ $script == "$SCRIPT" ]] && resumable=("${SLURM_RUN_FLAGS[@]}")
+    printf -v cmd '%q ' "$PYTHON" "$script" --env-id "$env" --seed "$seed" --exp-name "$exp" "$@" \
+        "${resumable[@]}" "${FORWARD[@]}"
     printf -v log '%q' "$LOG_DIR/${env//\//_}__${exp}__${seed}.log"
-    cmd="$cmd> $log 2>&1"
     [[ -n ${QUEUED[$cmd]+queued} ]] && return 0
     QUEUED[$cmd]=1
-    JOBS+=("$cmd")
+    JOBS+=("$cmd> $log 2>&1")
+    COMMANDS+=("${cmd% }")
+    LOGS+=("$log")
 }
 
-# Print the queued jobs (--dry-run) or run them, WORKERS at a time; exit 1 if any run failed.
+# Print the queued jobs (--dry-run) or run them, WORKERS at a time; exit 1 if any run failed. With --slurm, submit.
 launch_jobs() {
     ((${#JOBS[@]})) || launch_die "nothing to launch"
+    if ((SLURM)); then
+        slurm_submit
+        return
+    fi
     if ((DRY_RUN)); then
         printf '%s\n' "${JOBS[@]}"
         return 0
@@ -102,4 +159,84 @@ launch_jobs() {
         echo "some runs failed: see the FAILED lines above and their logs in $LOG_DIR/" >&2
         exit 1
     }
+}
+
+# The sbatch script of the queued runs: a job array whose task i runs COMMANDS[i], appending to LOGS[i]. The batch
+# shell gets SIGTERM 120 s before the time limit (and on pre-emption or requeue), passes it to the training script,
+# which finishes its iteration and writes its checkpoint; the task then requeues itself and, started again, continues
+# from that checkpoint (--resume-if-exists).
+slurm_script() {
+    local i
+    cat <<EOF
+#!/bin/bash
+#SBATCH --job-name=dacerv2-$(basename "$0" .sh)
+#SBATCH --array=0-$((${#COMMANDS[@]} - 1))${SLURM_MAX_PARALLEL:+%$SLURM_MAX_PARALLEL}
+#SBATCH --time=$SLURM_TIME
+#SBATCH --cpus-per-task=$SLURM_CPUS
+#SBATCH --mem=$SLURM_MEM
+#SBATCH --signal=B:TERM@120
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=$LOG_DIR/slurm-%A_%a.out
+EOF
+    [[ -z $SLURM_PARTITION ]] || echo "#SBATCH --partition=$SLURM_PARTITION"
+    ((SLURM_GPUS == 0)) || echo "#SBATCH --gpus=$SLURM_GPUS"
+    for i in $SLURM_EXTRA; do echo "#SBATCH $i"; done
+    printf 'cd %q\n' "$PWD"
+    echo 'commands=('
+    for i in "${!COMMANDS[@]}"; do # single-quoted when it can be, for reading
+        if [[ ${COMMANDS[$i]} == *"'"* ]]; then printf '    %q\n' "${COMMANDS[$i]}"; else printf "    '%s'\n" "${COMMANDS[$i]}"; fi
+    done
+    echo ')'
+    echo 'logs=('
+    for i in "${!LOGS[@]}"; do printf '    %s\n' "${LOGS[$i]}"; done
+    echo ')'
+    cat <<'EOF'
+task="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+log="${logs[$SLURM_ARRAY_TASK_ID]}"
+mkdir -p "$(dirname "$log")"
+echo "[$(date +%FT%T)] slurm task $task on $(hostname), start ${SLURM_RESTART_COUNT:-0}" >>"$log"
+eval "exec ${commands[$SLURM_ARRAY_TASK_ID]}" >>"$log" 2>&1 &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null' TERM
+status=0
+wait "$child" || status=$?
+while kill -0 "$child" 2>/dev/null; do # wait returned for the trapped signal: wait for the checkpoint
+    status=0
+    wait "$child" || status=$?
+done
+# Stopped by SIGTERM with a checkpoint written. While the job still runs, the signal was a warning (the time limit's,
+# or a user's scancel --signal=TERM): requeue it, to continue later from the checkpoint. Otherwise Slurm is ending it
+# itself (scancel, scontrol requeue, pre-emption) and requeues it or not as it was told.
+state="$(squeue -h -j "$task" -o %T 2>/dev/null)"
+echo "[$(date +%FT%T)] slurm task $task exited with status $status; job state ${state:-unknown}" >>"$log"
+if ((status == 143)) && [[ $state == RUNNING ]]; then
+    scontrol requeue "$task" >>"$log" 2>&1 && echo "[$(date +%FT%T)] slurm task $task requeued" >>"$log"
+fi
+exit "$status"
+EOF
+}
+
+# --slurm: print the sbatch script (--dry-run) or write it to LOG_DIR and submit it; prints how to follow the job.
+slurm_submit() {
+    if ((DRY_RUN)); then
+        slurm_script
+        return 0
+    fi
+    command -v sbatch >/dev/null || launch_die "--slurm needs sbatch on the PATH (is this a Slurm login node?)"
+    [[ -f $SCRIPT ]] || launch_die "training script not found: $SCRIPT"
+    local file job_id
+    mkdir -p "$LOG_DIR"
+    file="$LOG_DIR/$(basename "$0" .sh)_$(date +%Y%m%d_%H%M%S).sbatch"
+    slurm_script >"$file"
+    if ! job_id="$(sbatch --parsable "$file" 2>&1)"; then
+        launch_die "sbatch refused the job: $(echo "$job_id" | grep -m 1 . | sed 's/^sbatch: error: //')"
+    fi
+    job_id="${job_id%%;*}"
+    cat <<EOF
+submitted job array $job_id: ${#COMMANDS[@]} runs (sbatch script: $file)
+logs:   $LOG_DIR/{env}__{exp_name}__{seed}.log; Slurm's own output: $LOG_DIR/slurm-${job_id}_N.out
+watch:  squeue -j $job_id; when it has ended: sacct -j $job_id (where accounting is on)
+report: $PYTHON $REPO_ROOT/benchmark/report.py runs --out results   (it lists the runs that are not complete yet)
+EOF
 }

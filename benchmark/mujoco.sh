@@ -14,10 +14,12 @@ Launch the paper's MuJoCo benchmark (Table 2): every env x seed x algorithm, eac
 Algorithms (run names use them as exp_name):
   dacerv2   DACERv2 with the paper's defaults (T = 5, per-task eta)
   dacer     the DACER baseline: --diffusion-steps 20 --q-grad-coef 0
+  sac       Stable-Baselines3's SAC, benchmark/sac_baseline.py (pip install -r benchmark/requirements.txt); it
+            takes the flags that both scripts have (env, budget, envs, warm-up, evaluation)
 
 Options:
   --envs "ENV ..."    env ids (default: "$ENVS")
-  --algos "A ..."     algorithms among dacerv2, dacer (default: "$ALGOS")
+  --algos "A ..."     algorithms among dacerv2, dacer, sac (default: "$ALGOS")
 EOF
     launch_common_help
     cat <<EOF
@@ -40,19 +42,24 @@ algo_flags() {
     case "$1" in
         dacerv2) echo "" ;;
         dacer) echo "--diffusion-steps 20 --q-grad-coef 0" ;;
+        sac) echo "" ;;
         *) return 1 ;;
     esac
 }
 
 launch_parse_args "$@"
 for algo in $ALGOS; do
-    algo_flags "$algo" >/dev/null || launch_die "unknown algorithm '$algo' (choose from: dacerv2 dacer)"
+    algo_flags "$algo" >/dev/null || launch_die "unknown algorithm '$algo' (choose from: dacerv2 dacer sac)"
 done
 for seed in $SEEDS; do
     for env in $ENVS; do
         for algo in $ALGOS; do
             read -r -a flags <<<"$(algo_flags "$algo")"
-            add_job "$env" "$algo" "$seed" "${flags[@]}"
+            if [[ $algo == sac ]]; then
+                add_script_job "$REPO_ROOT/benchmark/sac_baseline.py" "$env" "$algo" "$seed" "${flags[@]}"
+            else
+                add_job "$env" "$algo" "$seed" "${flags[@]}"
+            fi
         done
     done
 done

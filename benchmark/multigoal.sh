@@ -61,7 +61,8 @@ done
 # launch_jobs exits when a run fails: run it in a subshell so that the runs that finished are still reported
 status=0
 (launch_jobs) || status=$?
-if ((DRY_RUN || status == 2)); then
+if ((DRY_RUN || SLURM || status == 2)); then
+    ((!SLURM || DRY_RUN || status)) || echo "when the job has ended: $PYTHON $REPO_ROOT/benchmark/multigoal_report.py runs --out $OUT_DIR"
     exit "$status"
 fi
 echo "evaluating the checkpoints: figure and table in $OUT_DIR/" >&2

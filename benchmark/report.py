@@ -1,8 +1,10 @@
 """Summarise benchmark runs: TAR table, normalised average score and learning curves (README "Results").
 
 Usage: python benchmark/report.py runs --out results
-Reads the TensorBoard event files of every run folder `runs/{env_id}__{exp_name}__{seed}__{unix_time}/`, groups the
-runs by (env, exp_name), writes OUT/results.md plus one learning-curve PNG per env and prints the markdown.
+Reads the TensorBoard event files of every run folder `runs/{env_id}__{exp_name}__{seed}__{unix_time}/` (or
+`runs/{env_id}__{exp_name}__{seed}/`, the fixed folders of --resume-if-exists and --slurm grids), groups the runs by
+(env, exp_name), writes OUT/results.md plus one learning-curve PNG per env and prints the markdown; it lists the runs
+that have not reached their --total-timesteps yet (still running, waiting in a queue, or stopped).
 Metrics: README "Results" (TAR as in the DACER paper's Table 1 caption; the normalised score of DACERv2's §4.3).
 """
 
@@ -107,10 +109,13 @@ def merge_scalars(scalars):
 
 
 def parse_run_name(name, hparams):
-    """(env_id, exp_name, seed) from `{env_id}__{exp_name}__{seed}__{unix_time}`, else from the hyperparameters."""
+    """(env_id, exp_name, seed) from `{env_id}__{exp_name}__{seed}__{unix_time}` or `{env_id}__{exp_name}__{seed}`,
+    else from the hyperparameters."""
     parts = name.split("__")
     if len(parts) >= 4 and parts[-2].isdigit():
         return parts[0], "__".join(parts[1:-2]), int(parts[-2])
+    if len(parts) >= 3 and parts[-1].isdigit():
+        return parts[0], "__".join(parts[1:-1]), int(parts[-1])
     try:
         return hparams["env_id"], hparams["exp_name"], int(hparams["seed"])
     except (KeyError, ValueError):
@@ -382,7 +387,16 @@ def env_notes(rows):
     return notes
 
 
-def render_markdown(runs_dir, rows, curves, notes):
+def incomplete_runs(runs_dir, runs, rows):
+    """Lines on the runs short of their planned total: the reported runs that are partial, and the run folders with
+    no evaluation yet (runs: every run loaded, rows: the reported ones)."""
+    lines = [f"- {run.label}: iteration {run.iterations[-1]:.0f} of {run.total_timesteps / run.num_envs:.0f} "
+             f"(`{run.path.name}`)" for row in rows for run in row.runs if run.partial]  # fmt: skip
+    folders = sorted({path.parent for path in runs_dir.rglob("events.out.tfevents.*")} - {run.path for run in runs})
+    return lines + [f"- `{folder.name}`: no evaluation yet" for folder in folders]
+
+
+def render_markdown(runs_dir, rows, curves, notes, incomplete=()):
     """The whole results.md as one string."""
     n_runs = sum(len(row.runs) for row in rows)
     envs = sorted({row.env_id for row in rows})
@@ -413,6 +427,13 @@ def render_markdown(runs_dir, rows, curves, notes):
         "partial seed stops contributing where it ends.",
         "",
         *(line for env in envs for line in (f"![{env}]({curves[env]})", "")),
+        "## Incomplete runs",
+        "",
+        "Runs that have not reached their --total-timesteps (still running, queued, or stopped); the tables above "
+        "use what they have.",
+        "",
+        *(incomplete or ["none: every run reached its planned total"]),
+        "",
         "## Notes",
         "",
         *(f"- {note}" for note in notes or ["all runs complete, every configuration has the same seeds"]),
@@ -439,7 +460,8 @@ def main(argv=None):
     rows = summarise(drop_duplicate_seeds(runs, notes))
     args.out.mkdir(parents=True, exist_ok=True)
     curves = {env: plot_env(env, [r for r in rows if r.env_id == env], args.out) for env in {r.env_id for r in rows}}
-    markdown = render_markdown(args.runs_dir, rows, curves, run_notes(rows) + notes + env_notes(rows))
+    notes = run_notes(rows) + notes + env_notes(rows)
+    markdown = render_markdown(args.runs_dir, rows, curves, notes, incomplete_runs(args.runs_dir, runs, rows))
     (args.out / "results.md").write_text(markdown)
     print(markdown, end="")
 

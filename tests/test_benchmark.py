@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,3 +265,67 @@ def test_a_finished_run_logs_its_last_evaluation_one_vector_step_before_the_tota
                   num_envs=20, total_timesteps=400_000)  # fmt: skip
     assert not report.Run(steps=np.array([200_000, 399_980]), **common).partial
     assert report.Run(steps=np.array([200_000, 399_960]), **common).partial
+
+
+def test_slurm_dry_run_prints_one_job_array(tmp_path):
+    args = ["--slurm", "--dry-run", "--envs", "Hopper-v4", "--seeds", "1 2", "--algos", "dacerv2 sac", "--partition",
+            "gpu", "--time", "2-00:00:00", "--gpus", "1", "--max-parallel", "3", "--sbatch", "--account=lab --qos=low"]
+    result = bash("mujoco.sh", *args, "--", "--cuda", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    script = result.stdout
+    for line in ("#SBATCH --array=0-3%3", "#SBATCH --time=2-00:00:00", "#SBATCH --partition=gpu", "#SBATCH --gpus=1",
+                 "#SBATCH --signal=B:TERM@120", "#SBATCH --requeue", "#SBATCH --open-mode=append",
+                 "#SBATCH --account=lab", "#SBATCH --qos=low", f"cd {tmp_path}"):  # fmt: skip
+        assert line in script.splitlines(), line
+    commands = re.search(r"^commands=\(\n(.*?)\n\)", script, re.S | re.M).group(1).splitlines()
+    assert len(commands) == 4
+    first, sac = shlex.split(shlex.split(commands[0])[0]), shlex.split(shlex.split(commands[1])[0])
+    assert first == ["python", SCRIPT, *"--env-id Hopper-v4 --seed 1 --exp-name dacerv2 --resume-if-exists "
+                     "--save-model --checkpoint-buffer --checkpoint-frequency 50000 --cuda".split()]  # fmt: skip
+    assert sac == ["python", str(BENCHMARK / "sac_baseline.py"), *"--env-id Hopper-v4 --seed 1 --exp-name sac --cuda".split()]
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize("bad", [["--time", "1:2:3:4"], ["--time", "soon"], ["--mem", "lots"], ["--gpus", "-1"],
+                                 ["--max-parallel", "0"], ["--cpus-per-task", "x"], ["--partition", "a b"]])
+def test_bad_slurm_options_exit_2_before_submitting(tmp_path, bad):
+    result = bash("mujoco.sh", "--slurm", "--dry-run", *bad, cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and "error: --" in result.stderr
+
+
+def test_fixed_run_folders_are_read_and_incomplete_runs_listed(tmp_path):
+    runs = tmp_path / "runs"
+    write_events(runs / "Hopper-v4__dacerv2__1", curve([50, 60, 70]), hparams_of("Hopper-v4", "dacerv2", 1))
+    write_events(runs / "Hopper-v4__dacerv2__2", curve([50, 60, 70])[:12], hparams_of("Hopper-v4", "dacerv2", 2))
+    write_events(runs / "Hopper-v4__dacerv2__3", [], hparams_of("Hopper-v4", "dacerv2", 3))  # queued, just started
+    result = report_cli(runs, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "| Hopper-v4 | dacerv2 | - | 2 |" in result.stdout
+    incomplete = result.stdout.split("## Incomplete runs")[1].split("## Notes")[0]
+    assert "- Hopper-v4 / dacerv2 / seed 2: iteration 110 of 200 (`Hopper-v4__dacerv2__2`)" in incomplete
+    assert "- `Hopper-v4__dacerv2__3`: no evaluation yet" in incomplete
+    assert "seed 1" not in incomplete
+
+
+def test_sac_baseline_logs_the_shared_tags_and_is_reported_beside_dacerv2_and_dacer(tmp_path):
+    command = [sys.executable, str(BENCHMARK / "sac_baseline.py"), "--env-id", "Pendulum-v1", "--total-timesteps",
+               "600", "--learning-starts", "200", "--eval-frequency", "200", "--eval-episodes", "2", "--no-cuda"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.startswith("Pendulum-v1__sac__1__")
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
+    assert [e.step for e in acc.Scalars("eval/episodic_return")] == [399, 599]  # iteration 200 and the end
+    assert [e.step for e in acc.Scalars("charts/episodic_return")] == [199, 399, 599]  # Pendulum: 200-step episodes
+    assert all(-2000 < e.value < 0 for e in acc.Scalars("eval/episodic_return"))
+    for algo, seed_returns in (("dacerv2", [-300.0, -200.0]), ("dacer", [-900.0, -800.0])):
+        write_events(tmp_path / "runs" / f"Pendulum-v1__{algo}__1__100", list(zip([399, 599], seed_returns)),
+                     {"exp_name": algo, "seed": 1, "env_id": "Pendulum-v1", "total_timesteps": 600, "num_envs": 1})
+    report_result = report_cli(tmp_path / "runs", "--out", tmp_path / "out")
+    assert report_result.returncode == 0, report_result.stderr
+    for algo in ("dacerv2", "dacer", "sac"):
+        assert f"| Pendulum-v1 | {algo} |" in report_result.stdout
+    assert (tmp_path / "out" / "Pendulum-v1.png").stat().st_size > 0
+    unknown = subprocess.run([*command[:2], "--env-id", "Hoper-v4"], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2 and unknown.stderr.startswith("error: unknown env id 'Hoper-v4'; did you mean")

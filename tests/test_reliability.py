@@ -127,6 +127,23 @@ def test_signal_saves_a_checkpoint_and_exits(tmp_path, signum, status):
     assert scalars(tmp_path, "losses/qf1_loss")  # the writer was flushed and closed
 
 
+def test_resume_if_exists_uses_one_folder_and_continues_from_its_checkpoint(tmp_path):
+    """What a requeued Slurm task does: the same command again continues the run; once complete, it does nothing."""
+    folder = tmp_path / "runs" / "Pendulum-v1__x__1"
+    folder.mkdir(parents=True)
+    (folder / "events.out.tfevents.1.old").write_bytes(b"")  # a start that was killed before any checkpoint
+    command = [*PENDULUM, "--exp-name", "x", "--resume-if-exists", "--save-model", "--checkpoint-buffer"]
+    first = run([*command, "--total-timesteps", "400"], tmp_path)
+    assert first.returncode == 0 and "starting it over, without its old events.out.tfevents.1.old" in first.stdout
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["Pendulum-v1__x__1"]
+    second = run([*command, "--total-timesteps", "600"], tmp_path)
+    assert second.returncode == 0 and "resuming Pendulum-v1__x__1 at step 400" in second.stdout, second.stdout
+    assert torch.load(folder / "x.pt", weights_only=True)["iteration"] == 201
+    third = run([*command, "--total-timesteps", "600"], tmp_path)
+    assert third.returncode == 0 and "has reached --total-timesteps 600: nothing to do" in third.stdout
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 2
+
+
 def test_the_printed_resume_command_runs_as_printed(tmp_path):
     """The command printed after --save-model runs as printed (N filled in), with this interpreter, not `python`."""
     result = run([*PENDULUM, "--total-timesteps", "400", "--save-model"], tmp_path)
