@@ -5,6 +5,7 @@ import ctypes
 import difflib
 import importlib
 import io
+import itertools
 import math
 import os
 import pickle
@@ -15,9 +16,9 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import gymnasium as gym
 import numpy as np
@@ -125,6 +126,9 @@ class Args:
     """the evaluation interval, in iterations (and once more when the run reaches --total-timesteps)"""
     eval_episodes: int = 10
     """the number of episodes per evaluation"""
+    preset: Optional[Literal["short"]] = None
+    """a named set of the flags above, ours, not the paper's (PRESETS; README "Implementation details"): flags given
+    override it"""
 
 
 # η of paper Table 5 (two groups of tasks, as we read it); other tasks: DEFAULT_Q_GRAD_COEF. MultiGoal deviates: with
@@ -134,6 +138,9 @@ Q_GRAD_COEF = {
     "HumanoidStandup": 0.01, "Humanoid": 0.01, "Swimmer": 0.01, "InvertedDoublePendulum": 0.01,
 }  # fmt: skip
 DEFAULT_Q_GRAD_COEF = 1.0
+# --preset short: for runs of 10^4 to 10^5 iterations (a CPU's budget), where the paper's settings, built for 1.5 M
+# iterations, learn slowly (README "Results"). Only existing flags.
+PRESETS = {"short": {"policy_lr": 3e-4, "q_lr": 3e-4, "init_alpha": 0.3, "alpha_update_frequency": 200}}
 
 
 def make_env(env_id, seed, idx, capture_video, run_name):
@@ -768,15 +775,22 @@ def parse_args(argv=None):
             checkpoint = load_checkpoint(path)
             saved = {k: v for k, v in checkpoint["args"].items() if k in Args.__dataclass_fields__}
             defaults = Args(**{**saved, "resume": path})
-    tyro_errors = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(tyro_errors):
-            args = tyro.cli(Args, default=defaults, args=argv)
-    except SystemExit as e:
-        if e.code:  # tyro's boxed message -> its first line
-            lines = [line.strip("│ ") for line in tyro_errors.getvalue().splitlines() if line.startswith("│")]
-            fail(f"{lines[0] if lines else 'invalid arguments'} (see --help)")
-        raise
+
+    def cli(defaults):
+        tyro_errors = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(tyro_errors):
+                return tyro.cli(Args, default=defaults, args=argv)
+        except SystemExit as e:
+            if e.code:  # tyro's boxed message -> its text
+                lines = [line.strip("│ ") for line in tyro_errors.getvalue().splitlines() if line.startswith("│")]
+                message = " ".join(itertools.takewhile(lambda line: not line.startswith("─"), lines))
+                fail(f"{message or 'invalid arguments'} (see --help)")
+            raise
+
+    args = cli(defaults)
+    if args.preset and args.preset != defaults.preset:  # its flags become the defaults that the flags given override
+        args = cli(replace(defaults, **PRESETS[args.preset]))
     for name in ("num_envs", "batch_size", "diffusion_steps", "total_timesteps", "buffer_size", "hidden_dim",
                  "num_layers", "num_critics", "eval_frequency", "eval_episodes", "policy_frequency",
                  "alpha_update_frequency", "log_frequency", "gmm_components", "gmm_samples", "torch_threads",

@@ -329,3 +329,19 @@ def test_sac_baseline_logs_the_shared_tags_and_is_reported_beside_dacerv2_and_da
     assert (tmp_path / "out" / "Pendulum-v1.png").stat().st_size > 0
     unknown = subprocess.run([*command[:2], "--env-id", "Hoper-v4"], capture_output=True, text=True, timeout=120)
     assert unknown.returncode == 2 and unknown.stderr.startswith("error: unknown env id 'Hoper-v4'; did you mean")
+
+
+def test_config_differences_beside_another_script():
+    """A SAC baseline row names its algorithm; settings only the training script has, equal in all its runs, are not
+    differences; those that differ among its runs are."""
+    ours = {"policy_lr": "0.0001", "q_lr": "0.0001", "num_envs": "1"}
+    runs = {"dacerv2": ours, "fast": {**ours, "policy_lr": "0.0003"},
+            "sac": {"algorithm": "stable-baselines3 SAC", "learning_rate": "0.0003", "num_envs": "1"}}  # fmt: skip
+    rows = []
+    for config, hparams in runs.items():
+        run = fake_run([0], [0.0], config=config)
+        run.hparams = hparams
+        rows.append(report.Row("A-v4", config, [run], [0.0]))
+    differences = report.config_differences(rows)
+    assert differences["A-v4", "sac"] == "algorithm=stable-baselines3 SAC"
+    assert differences["A-v4", "dacerv2"] == "policy_lr=0.0001" and differences["A-v4", "fast"] == "policy_lr=0.0003"

@@ -183,3 +183,19 @@ def test_capture_video_without_moviepy_fails_in_one_line(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert errors == ["error: --capture-video needs moviepy: pip install moviepy"]
+
+
+def test_preset_short_is_only_a_set_of_existing_flags(monkeypatch, tmp_path):
+    import dataclasses
+
+    import dacerv2_continuous as dacer
+
+    monkeypatch.chdir(tmp_path)
+    flags = dacer.PRESETS["short"]
+    assert flags and set(flags) < set(dacer.Args.__dataclass_fields__)
+    by_hand = [f"--{name.replace('_', '-')}={value}" for name, value in flags.items()]
+    preset, _ = dacer.parse_args(["--preset", "short"])
+    assert dataclasses.replace(preset, preset=None) == dacer.parse_args(by_hand)[0] != dacer.Args()
+    name, value = next(iter(flags.items()))  # a flag given on the command line overrides the preset's
+    given, _ = dacer.parse_args(["--preset", "short", f"--{name.replace('_', '-')}={value * 2}"])
+    assert getattr(given, name) == value * 2
