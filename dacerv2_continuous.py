@@ -490,8 +490,9 @@ def is_mujoco(env_id):
     return "mujoco" in str(getattr(gym.registry.get(env_id), "entry_point", ""))
 
 
-def resolve_env_id(env_id):
-    """Returns the env id to run; gym's mujoco-py ids (the paper's -v2/-v3) become the matching -v4 env."""
+def resolve_env_id(env_id, quiet=False):
+    """Returns the env id to run; gym's mujoco-py ids (the paper's -v2/-v3) become the matching -v4 env (with a line
+    saying so unless quiet)."""
     if env_id.startswith("MultiGoal"):
         import multigoal_env  # noqa: F401  (registers MultiGoal-v0 and MultiGoal{4,5,6}-v0)
     if env_id not in gym.registry:
@@ -500,7 +501,11 @@ def resolve_env_id(env_id):
     # gymnasium's "-v4 is out of date" warning is silenced: the line below, or the user's own choice of -v4, says enough
     warnings.filterwarnings("ignore", ".*is out of date. You should consider upgrading", DeprecationWarning)
     if "mujoco_py" in getattr(gym.registry[env_id].entry_point, "__name__", ""):  # gymnasium keeps them, unrunnable
-        return f"{env_id.rpartition('-')[0]}-v4"
+        name = env_id.rpartition("-")[0]
+        if not quiet:
+            print(f"{env_id} needs mujoco-py (MuJoCo 2.1), which gymnasium dropped: using {name}-v4 (README: Known "
+                  "differences)")  # fmt: skip
+        return f"{name}-v4"
     return env_id
 
 
@@ -508,9 +513,6 @@ def check_setup(args):
     """Before any run folder exists: the env id to run, that it can be made (and rendered, with --capture-video), that
     optional packages are there; returns env_id, task and eta (--q-grad-coef, or the paper's value for the task)."""
     env_id = resolve_env_id(args.env_id)
-    if env_id != args.env_id:
-        print(f"{args.env_id} needs mujoco-py (MuJoCo 2.1), which gymnasium dropped: using {env_id} (README: Known "
-              "differences)")  # fmt: skip
     for flag, package in (("capture_video", "moviepy"), ("track", "wandb")):
         try:
             if getattr(args, flag):
@@ -763,7 +765,7 @@ def compile_functions(actor, device):
 
 def fixed_run_name(args):
     """The run folder's name under --resume-if-exists: the same for every start of a run (no time in it)."""
-    return f"{resolve_env_id(args.env_id)}__{args.exp_name}__{args.seed}"
+    return f"{resolve_env_id(args.env_id, quiet=True)}__{args.exp_name}__{args.seed}"
 
 
 def parse_args(argv=None):
@@ -810,8 +812,9 @@ def parse_args(argv=None):
             fail(f"--resume: the checkpoint was trained with --{name.replace('_', '-')} {checkpoint['args'][name]}")
     if args.learning_starts > args.buffer_size:
         fail(f"--learning-starts ({args.learning_starts}) must not exceed --buffer-size ({args.buffer_size})")
-    if args.resume_if_exists and not checkpoint and os.path.isfile(f"runs/{fixed_run_name(args)}/{args.exp_name}.pt"):
-        return parse_args(["--resume", f"runs/{fixed_run_name(args)}/{args.exp_name}.pt", *argv])  # its own flags again
+    own_checkpoint = f"runs/{fixed_run_name(args)}/{args.exp_name}.pt" if args.resume_if_exists else None
+    if own_checkpoint and not checkpoint and os.path.isfile(own_checkpoint):
+        return parse_args(["--resume", own_checkpoint, *argv])  # its own flags again
     if checkpoint and checkpoint["global_step"] >= args.total_timesteps and args.resume_if_exists:
         print(f"{checkpoint['run_name']} has reached --total-timesteps {args.total_timesteps}: nothing to do")
         sys.exit(0)
@@ -834,9 +837,9 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     env_id, task, q_grad_coef = check_setup(args)
-    run_name = checkpoint["run_name"] if checkpoint else f"{env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_name = f"{env_id}__{args.exp_name}__{args.seed}" + ("" if args.resume_if_exists else f"__{int(time.time())}")
+    run_name = checkpoint["run_name"] if checkpoint else run_name
     if args.resume_if_exists and not checkpoint:
-        run_name = fixed_run_name(args)
         for stale in Path("runs", run_name).glob("events.out.tfevents.*"):  # a start that wrote no checkpoint
             print(f"runs/{run_name} has no checkpoint: starting it over, without its old {stale.name}")
             stale.unlink()

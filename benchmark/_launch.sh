@@ -4,7 +4,7 @@
 # The sourcing script defines `usage` (its --help text) and `handle_option NAME VALUE` (returns 1 for an option it
 # does not know), calls `launch_parse_args "$@"`, queues runs with `add_job ENV EXP_NAME SEED [FLAGS...]` (or
 # `add_script_job SCRIPT ENV EXP_NAME SEED [FLAGS...]` for another training script) and ends with `launch_jobs`.
-# Locally every job is one shell line, the training command and a redirection to its log file, run by xargs -P;
+# Locally every run is one shell line, the training command and a redirection to its log file, run by xargs -P;
 # --dry-run prints these lines. With --slurm, launch_jobs writes one sbatch script with a job array (one task per
 # run) and submits it; --dry-run prints that script.
 
@@ -16,8 +16,7 @@ WORKERS=1
 LOG_DIR="logs"
 DRY_RUN=0
 FORWARD=()
-JOBS=()     # local: "command > log 2>&1"
-COMMANDS=() # the same runs for --slurm: the command, and its log file in LOGS
+COMMANDS=() # the queued runs: each one's command, and its log file in LOGS
 LOGS=()
 declare -A QUEUED=()
 SLURM=0
@@ -132,27 +131,28 @@ add_script_job() {
     printf -v log '%q' "$LOG_DIR/${env//\//_}__${exp}__${seed}.log"
     [[ -n ${QUEUED[$cmd]+queued} ]] && return 0
     QUEUED[$cmd]=1
-    JOBS+=("$cmd> $log 2>&1")
     COMMANDS+=("${cmd% }")
     LOGS+=("$log")
 }
 
 # Print the queued jobs (--dry-run) or run them, WORKERS at a time; exit 1 if any run failed. With --slurm, submit.
 launch_jobs() {
-    ((${#JOBS[@]})) || launch_die "nothing to launch"
+    ((${#COMMANDS[@]})) || launch_die "nothing to launch"
     if ((SLURM)); then
         slurm_submit
         return
     fi
+    local jobs=() i # each run as one shell line: its command and the redirection to its log
+    for i in "${!COMMANDS[@]}"; do jobs+=("${COMMANDS[$i]} > ${LOGS[$i]} 2>&1"); done
     if ((DRY_RUN)); then
-        printf '%s\n' "${JOBS[@]}"
+        printf '%s\n' "${jobs[@]}"
         return 0
     fi
     [[ -f $SCRIPT ]] || launch_die "training script not found: $SCRIPT"
     mkdir -p "$LOG_DIR"
-    echo "launching ${#JOBS[@]} runs, $WORKERS at a time; logs in $LOG_DIR/" >&2
+    echo "launching ${#jobs[@]} runs, $WORKERS at a time; logs in $LOG_DIR/" >&2
     # shellcheck disable=SC2016  # $1 and $(date) are expanded by the worker shell
-    printf '%s\0' "${JOBS[@]}" | xargs -0 -n 1 -P "$WORKERS" bash -c '
+    printf '%s\0' "${jobs[@]}" | xargs -0 -n 1 -P "$WORKERS" bash -c '
         echo "[$(date +%T)] start: $1" >&2
         eval "$1" || { rc=$?; echo "[$(date +%T)] FAILED (exit $rc): $1" >&2; exit 1; }
         echo "[$(date +%T)] done: $1" >&2' _ || {

@@ -251,11 +251,11 @@ def config_differences(rows):
     differences = {}
     for env in {row.env_id for row in rows}:
         configs = {key: settings for key, settings in common.items() if key[0] == env and settings}
+        shared = set.intersection(*(set(settings) for settings in configs.values())) if configs else set()
         for key, settings in configs.items():
             # among the runs of the same script (the SAC baseline names its "algorithm"), any setting that differs;
             # across scripts, the settings both have
             same_script = [other for other in configs.values() if other.get("algorithm") == settings.get("algorithm")]
-            shared = set.intersection(*(set(other) for other in configs.values()))
             keys = sorted(k for k in settings if len({other.get(k) for other in same_script}) > 1
                           or (k in shared and len({other[k] for other in configs.values()}) > 1))  # fmt: skip
             algorithm = [f"algorithm={settings['algorithm']}"] if "algorithm" in settings else []

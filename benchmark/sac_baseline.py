@@ -101,8 +101,6 @@ def main():
     except ImportError:
         fail("the SAC baseline needs stable-baselines3: pip install -r benchmark/requirements.txt")
     env_id = resolve_env_id(args.env_id)
-    if env_id != args.env_id:
-        print(f"{args.env_id} needs mujoco-py, which gymnasium dropped: using {env_id}, as the training script does")
     warnings.filterwarnings("ignore", category=UserWarning, module="stable_baselines3")
     torch.set_num_threads(args.torch_threads)
     device = "cuda" if args.cuda and torch.cuda.is_available() else "cpu"
