@@ -9,6 +9,7 @@ Metrics: README "Results" (TAR as in the DACER paper's Table 1 caption; the norm
 """
 
 import argparse
+import csv
 import re
 import sys
 from dataclasses import dataclass, field
@@ -285,13 +286,52 @@ def learning_curve(runs):
     return grid, mean, mean - half, mean + half, count
 
 
-def plot_env(env_id, rows, out_dir):
-    """Write the learning curves of all configurations on one env to OUT/{env}.png; returns the file name."""
+@dataclass
+class Reference:
+    """One seed of a published curve, with what learning_curve reads of a Run."""
+
+    iterations: np.ndarray
+    returns: np.ndarray
+
+
+def read_reference(path):
+    """A published curve as a Run-like (iterations, returns), from a CSV with a header naming `step` (iterations) and
+    `return` or `value` columns, e.g. the DACER repository's QVPO curves (wall_time,step,return)."""
+    try:
+        with open(path, newline="") as f:
+            table = [{key.strip().lower(): value for key, value in row.items() if key} for row in csv.DictReader(f)]
+        column = "return" if table and "return" in table[0] else "value"
+        points = np.array(sorted((float(row["step"]), float(row[column])) for row in table))
+    except (OSError, KeyError, ValueError, TypeError) as error:
+        raise ReportError(f"--reference {path}: not a CSV with step and return (or value) columns ({error})")
+    if len(points) == 0:
+        raise ReportError(f"--reference {path}: no rows")
+    return Reference(points[:, 0], points[:, 1])
+
+
+def reference_curve(seeds, limit):
+    """learning_curve of a published curve's seeds up to iteration limit; None if a seed has no point there."""
+    seeds = [Reference(seed.iterations[seed.iterations <= limit], seed.returns[seed.iterations <= limit])
+             for seed in seeds]  # fmt: skip
+    return None if any(len(seed.iterations) == 0 for seed in seeds) else learning_curve(seeds)
+
+
+def plot_env(env_id, rows, out_dir, references=()):
+    """Write the learning curves of all configurations on one env, and the reference curves (label, seeds) given for
+    it (dashed, black, drawn over the runs' range of iterations only), to OUT/{env}.png; returns the file name."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row in rows:
         grid, mean, low, high, _ = learning_curve(row.runs)
         (line,) = ax.plot(grid, mean, label=f"{row.config} ({len(row.runs)} seeds)")
         ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    limit = max(run.iterations[-1] for row in rows for run in row.runs)
+    for label, seeds in references:
+        curve = reference_curve(seeds, limit)
+        if curve is None:
+            continue
+        grid, mean, low, high, _ = curve
+        ax.plot(grid, mean, "k--", marker=".", label=f"{label} ({len(seeds)} seeds, published)")
+        ax.fill_between(grid, low, high, color="k", alpha=0.1, linewidth=0)
     ax.set(title=env_id, xlabel="iterations", ylabel=EVAL_TAG)
     ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
     ax.grid(alpha=0.3)
@@ -401,7 +441,7 @@ def incomplete_runs(runs_dir, runs, rows):
     return lines + [f"- `{folder.name}`: no evaluation yet" for folder in folders]
 
 
-def render_markdown(runs_dir, rows, curves, notes, incomplete=()):
+def render_markdown(runs_dir, rows, curves, notes, incomplete=(), references=()):
     """The whole results.md as one string."""
     n_runs = sum(len(row.runs) for row in rows)
     envs = sorted({row.env_id for row in rows})
@@ -431,6 +471,9 @@ def render_markdown(runs_dir, rows, curves, notes, incomplete=()):
         "linearly interpolated onto the union of their evaluation iterations, each only inside its own range, so a "
         "partial seed stops contributing where it ends.",
         "",
+        *(f"Reference (dashed, black): {label} on {env}, a published curve read from {', '.join(files)}; its steps "
+          "are taken as iterations, and points beyond the runs' last iteration are left out." for env, label, files in references),
+        *([""] if references else []),
         *(line for env in envs for line in (f"![{env}]({curves[env]})", "")),
         "## Incomplete runs",
         "",
@@ -451,6 +494,9 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs_dir", type=Path, help="the folder holding the run folders (e.g. runs)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="where results.md and the PNGs go")
+    parser.add_argument("--reference", nargs="+", action="append", default=[], metavar=("ENV_ID LABEL", "CSV"),
+                        help="a published curve to draw on ENV_ID's figure: a CSV per seed with step (= iteration) "
+                        "and return columns; repeatable")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -459,14 +505,24 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         runs, notes = load_runs(args.runs_dir)
+        rows = summarise(drop_duplicate_seeds(runs, notes))
+        envs = {row.env_id for row in rows}
+        references = {env: [] for env in envs}
+        for reference in args.reference:
+            if len(reference) < 3:
+                raise ReportError("--reference needs ENV_ID LABEL CSV [CSV ...]")
+            env, label, *files = reference
+            if env not in envs:
+                raise ReportError(f"--reference {env}: no runs on that env (envs: {', '.join(sorted(envs))})")
+            references[env].append((label, [read_reference(path) for path in files]))
     except ReportError as error:
         print(f"report.py: error: {error}", file=sys.stderr)
         sys.exit(2)
-    rows = summarise(drop_duplicate_seeds(runs, notes))
     args.out.mkdir(parents=True, exist_ok=True)
-    curves = {env: plot_env(env, [r for r in rows if r.env_id == env], args.out) for env in {r.env_id for r in rows}}
+    curves = {env: plot_env(env, [r for r in rows if r.env_id == env], args.out, references[env]) for env in envs}
     notes = run_notes(rows) + notes + env_notes(rows)
-    markdown = render_markdown(args.runs_dir, rows, curves, notes, incomplete_runs(args.runs_dir, runs, rows))
+    markdown = render_markdown(args.runs_dir, rows, curves, notes, incomplete_runs(args.runs_dir, runs, rows),
+                               [(env, label, files) for env, label, *files in args.reference])  # fmt: skip
     (args.out / "results.md").write_text(markdown)
     print(markdown, end="")
 

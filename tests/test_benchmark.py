@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
@@ -172,6 +173,39 @@ def test_report_cli_writes_markdown_and_pngs(runs_dir, tmp_path):
     assert "2: 30.0 (partial)" in markdown and "population" in markdown and "does not reproduce" in markdown
     assert sorted(p.name for p in out.glob("*.png")) == ["Hopper-v4.png", "Walker2d-v4.png"]
     assert (out / "Hopper-v4.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_report_draws_a_published_reference_curve(runs_dir, tmp_path):
+    seeds = []
+    for i, (first, second) in enumerate([(50, 80), (70, 100)]):
+        seeds.append(tmp_path / f"qvpo_s{i}.csv")  # the DACER repository's format; step 300 is past the runs' 200
+        seeds[-1].write_text(f"wall_time,step,return\n1.0,100,{first}\n2.0,200,{second}\n3.0,300,1e6\n")
+    read = [report.read_reference(path) for path in seeds]
+    np.testing.assert_array_equal(read[0].iterations, [100, 200, 300])
+    grid, mean, low, high, count = report.reference_curve(read, limit=200)
+    np.testing.assert_array_equal(np.stack([grid, mean, count]), [[100, 200], [60, 90], [2, 2]])
+    half = stats.t.ppf(0.975, 1) * 10  # two seeds 20 apart: sample std 20/sqrt 2, standard error 10
+    np.testing.assert_allclose(high - mean, [half, half])
+    assert report.reference_curve(read, limit=50) is None
+    out = tmp_path / "out"
+    result = report_cli(runs_dir, "--out", out, "--reference", "Hopper-v4", "QVPO", *seeds)
+    assert result.returncode == 0, result.stderr
+    assert "Reference (dashed, black): QVPO on Hopper-v4" in (out / "results.md").read_text()
+    assert (out / "Hopper-v4.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--reference", "Hopper-v4", "QVPO"], "--reference needs ENV_ID LABEL CSV"),
+        (["--reference", "Ant-v4", "QVPO", "x.csv"], "--reference Ant-v4: no runs on that env"),
+        (["--reference", "Hopper-v4", "QVPO", "missing.csv"], "--reference missing.csv: not a CSV"),
+    ],
+)
+def test_report_reference_errors(runs_dir, tmp_path, args, message):
+    result = report_cli(runs_dir, "--out", tmp_path / "out", *args)
+    assert result.returncode == 2 and result.stderr.startswith(f"report.py: error: {message}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("make_dir", [False, True])
