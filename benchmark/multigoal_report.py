@@ -145,13 +145,20 @@ def mean_std(values, digits):
 
 
 def reference_rows(groups, num_trajectories, seed):
-    """{(label, N): (seeds, metrics per seed)} of the references every result is read against: each algorithm's
-    network at initialisation (that of each of its runs, same evaluation) and uniform random actions."""
+    """{(label, N): (seeds, metrics per seed)} of the references every result is read against: the untrained network
+    of each architecture among the runs (the same evaluation at initialisation, once per seed: runs that differ only
+    in training settings start from the same network) and uniform random actions."""
+    untrained = {}
+    for (_, n), cell in groups.items():
+        for e in cell:
+            a = e.train_args
+            label = f"untrained network (T = {a['diffusion_steps']}, {a['num_layers']} x {a['hidden_dim']})"
+            untrained.setdefault((label, n), {}).setdefault(e.seed, a)
     rows = {}
-    for (exp, n), cell in groups.items():
-        if cell:
-            untrained = [evaluate_policy(untrained_actor(e.train_args), n, num_trajectories, seed)[2] for e in cell]
-            rows[f"{label_of(exp)}, untrained", n] = (", ".join(str(e.seed) for e in cell), untrained)
+    for (label, n), args_of in sorted(untrained.items(), key=lambda item: (item[0][1], item[0][0])):
+        seeds = sorted(args_of)
+        metrics = [evaluate_policy(untrained_actor(args_of[s]), n, num_trajectories, seed)[2] for s in seeds]
+        rows[label, n] = (", ".join(map(str, seeds)), metrics)
     for n in VALID_NUM_GOALS:
         rows["uniform random actions", n] = ("-", [evaluate_policy(random_policy(seed), n, num_trajectories)[2]])
     return rows
@@ -217,8 +224,9 @@ def render_markdown(runs_dir, groups, references, notes, num_trajectories, seed)
         "hit; success rate = hits / trajectories; uniformity = H(p) / ln N with p the hit distribution over "
         "goals; min/max ratio = min_k n_k / max_k n_k; mean steps to goal and path efficiency (straight-line "
         "distance from the start to where the goal was reached / length of the path) over the trajectories that "
-        "reached a goal; mean return over all. The untrained rows run the same evaluation on each algorithm's network "
-        "at initialisation (its runs' seeds), the last row uniform random actions: a result is read against them, "
+        "reached a goal; mean return over all. The untrained rows run the same evaluation on the network at "
+        "initialisation, once per architecture and seed among the runs (runs that differ only in training settings "
+        "start from the same network), the last row uniform random actions: a result is read against them, "
         "since a policy that wanders reaches goals too. Several seeds: mean ± population std (ddof=0), the goals "
         "column lists each seed's k. Paper Fig. 2: at N = 6 DACER reaches 5/6 goals, DACERv2 6/6.",
         "",

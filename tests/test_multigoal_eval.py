@@ -236,10 +236,11 @@ def test_unusable_checkpoints(tmp_path, capsys, content, message):
 # ---------------------------------------------------------------- benchmark/multigoal_report.py
 
 
-def test_multigoal_report_on_two_checkpoints(tmp_path):
+def test_multigoal_report_on_three_checkpoints(tmp_path):
     runs = tmp_path / "runs"
     save_tiny_checkpoint(runs / "MultiGoal6-v0__dacerv2__1__100" / "dacerv2.pt")
     save_tiny_checkpoint(runs / "MultiGoal4-v0__dacer__2__100" / "dacer.pt", "MultiGoal4-v0", "dacer", 2, 20)
+    save_tiny_checkpoint(runs / "MultiGoal6-v0__eta30__1__100" / "eta30.pt", exp_name="eta30")  # same network as 1st
     (runs / "Hopper-v4__dacerv2__1__100").mkdir()
     (runs / "Hopper-v4__dacerv2__1__100" / "dacerv2.pt").write_text("never opened: not a MultiGoal run")
     out = tmp_path / "out"
@@ -251,11 +252,15 @@ def test_multigoal_report_on_two_checkpoints(tmp_path):
     assert result.stdout == markdown
     rows = [line.split(" | ")[:3] for line in markdown.splitlines() if line.startswith("| ") and " | " in line]
     # by number of goals: each algorithm (blank without a checkpoint), its untrained network, uniform random actions
-    assert rows[1:] == [["| DACERv2", "4", ""], ["| DACER", "4", "2"], ["| DACER, untrained", "4", "2"],
-                        ["| uniform random actions", "4", "-"], ["| DACERv2", "5", ""], ["| DACER", "5", ""],
+    untrained = "| untrained network (T = {}, 1 x 16)"  # once per architecture and seed, whichever runs share it
+    assert rows[1:] == [["| DACERv2", "4", ""], ["| DACER", "4", "2"], ["| eta30", "4", ""],
+                        [untrained.format(20), "4", "2"], ["| uniform random actions", "4", "-"],
+                        ["| DACERv2", "5", ""], ["| DACER", "5", ""], ["| eta30", "5", ""],
                         ["| uniform random actions", "5", "-"], ["| DACERv2", "6", "1"], ["| DACER", "6", ""],
-                        ["| DACERv2, untrained", "6", "1"], ["| uniform random actions", "6", "-"]]  # fmt: skip
-    trained, untrained = [line for line in markdown.splitlines() if line.startswith("| DACERv2") and "| 6 |" in line]
+                        ["| eta30", "6", "1"], [untrained.format(5), "6", "1"],
+                        ["| uniform random actions", "6", "-"]]  # fmt: skip
+    lines = markdown.splitlines()
+    trained, untrained = [line for line in lines if line.startswith(("| DACERv2 | 6", "| untrained network (T = 5"))]
     assert trained.count(" | ") == untrained.count(" | ") == 10  # eleven columns, path efficiency and return included
     assert "- DACER / 6 goals: no checkpoint" in markdown and "Hopper" not in markdown
     missing = subprocess.run([*command[:2], str(tmp_path / "none")], capture_output=True, text=True, timeout=60)
@@ -276,7 +281,7 @@ def test_multigoal_sh_dry_run(tmp_path):
     result = multigoal_sh("--dry-run", "--", "--total-timesteps", "5000", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = [shlex.split(line) for line in result.stdout.splitlines()]
-    assert len(lines) == 6 and not (tmp_path / "logs").exists()
+    assert len(lines) == 18 and not (tmp_path / "logs").exists()  # 3 envs x 2 algorithms x seeds 1, 2, 3
     budget = ["--total-timesteps", "200000", "--save-model", "--total-timesteps", "5000"]  # the last one wins
     expected = []
     for env in ["MultiGoal4-v0", "MultiGoal5-v0", "MultiGoal6-v0"]:
@@ -284,13 +289,14 @@ def test_multigoal_sh_dry_run(tmp_path):
         expected.append([*common, "dacerv2", *budget, ">", f"logs/{env}__dacerv2__1.log", "2>&1"])
         baseline = ["dacer", "--diffusion-steps", "20", "--q-grad-coef", "0", *budget]
         expected.append([*common, *baseline, ">", f"logs/{env}__dacer__1.log", "2>&1"])
-    assert lines == expected
+    assert lines[:6] == expected
+    assert [line[line.index("--seed") + 1] for line in lines] == ["1"] * 6 + ["2"] * 6 + ["3"] * 6
     five = multigoal_sh("--dry-run", "--seeds", "1 2 3 4 5", cwd=tmp_path).stdout.splitlines()
     assert len(five) == 30
 
 
 def test_multigoal_sh_eta_goes_to_dacerv2_only(tmp_path):
-    result = multigoal_sh("--dry-run", "--envs", "MultiGoal6-v0", "--eta", "1", cwd=tmp_path)
+    result = multigoal_sh("--dry-run", "--envs", "MultiGoal6-v0", "--seeds", "1", "--eta", "1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     dacerv2, baseline = [shlex.split(line) for line in result.stdout.splitlines()]
     assert dacerv2[dacerv2.index("--q-grad-coef") + 1] == "1" and "dacerv2" in dacerv2
@@ -310,7 +316,7 @@ def test_multigoal_sh_reports_after_the_runs_even_if_one_failed(tmp_path):
     stub = tmp_path / "stub_python"  # records its arguments; the DACER runs fail
     stub.write_text('#!/bin/bash\necho "$*" >> calls.txt\n[[ "$*" != *"--exp-name dacer "* ]]\n')
     stub.chmod(0o755)
-    result = multigoal_sh("--envs", "MultiGoal6-v0", "--out", "figs", cwd=tmp_path, python=str(stub))
+    result = multigoal_sh("--envs", "MultiGoal6-v0", "--seeds", "1", "--out", "figs", cwd=tmp_path, python=str(stub))
     assert result.returncode == 1 and "FAILED" in result.stderr
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert len(calls) == 3 and calls[-1] == f"{REPO}/benchmark/multigoal_report.py runs --out figs"
