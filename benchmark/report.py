@@ -45,8 +45,11 @@ PAPER_BEST_TAR = {
     "HumanoidStandup": 170956, "Ant": 9169, "Humanoid": 13065, "Walker2d": 8011, "InvertedDoublePendulum": 9360,
     "Hopper": 4202, "HalfCheetah": 18192, "Swimmer": 172,
 }  # fmt: skip
-# Hyperparameters that differ from run to run by design; never shown as what distinguishes two configurations.
-PER_RUN_KEYS = {"exp_name", "seed", "resume"}
+# Settings that differ from run to run by design, or only keep the books (checkpoints, logging); never shown as what
+# distinguishes two configurations.
+PER_RUN_KEYS = {"exp_name", "seed", "resume", "resume_if_exists", "save_model", "checkpoint_frequency",
+                "checkpoint_buffer", "log_frequency", "print_episodes", "track", "wandb_project_name", "wandb_entity",
+                "capture_video"}  # fmt: skip
 
 
 class ReportError(Exception):
