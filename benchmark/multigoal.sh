@@ -5,7 +5,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
 
 SEEDS="1 2 3" # ~6 min per DACERv2 run and ~12 per DACER run on one CPU core at the default budget
 ENVS="MultiGoal4-v0 MultiGoal5-v0 MultiGoal6-v0"
-TOTAL_TIMESTEPS=200000 # 10,000 iterations x 20 envs: the budget of README "Results" (the paper gives none)
+TOTAL_TIMESTEPS=200000 # 10,000 iterations x 20 envs (the paper gives no budget): README "Results"
 OUT_DIR="results/multigoal"
 ETA="" # DACERv2's eta: empty = the script's default for MultiGoal
 
@@ -14,7 +14,8 @@ usage() {
 Usage: bash benchmark/multigoal.sh [OPTIONS] [-- TRAINING FLAGS...]
 
 Train on the multi-goal task (paper Fig. 2), every env x seed x algorithm in its own process, each with
---total-timesteps $TOTAL_TIMESTEPS --save-model (a later --total-timesteps after -- overrides the budget).
+--total-timesteps $TOTAL_TIMESTEPS --preset short --save-model (the settings for runs this short; flags after --
+override them).
 Algorithms (run names use them as exp_name):
   dacerv2   DACERv2 (T = 5) with the script's MultiGoal eta (100; see README "Results"), or --eta
   dacer     the DACER baseline: --diffusion-steps 20 --q-grad-coef 0
@@ -51,7 +52,7 @@ for env in $ENVS; do
     [[ $env =~ ^MultiGoal[456]?-v0$ ]] || launch_die "'$env' is not MultiGoal-v0 or MultiGoal{4,5,6}-v0"
 done
 [[ -z $ETA || $ETA =~ ^[0-9]+([.][0-9]+)?$ ]] || launch_die "--eta must be a non-negative number, got '$ETA'"
-run_flags=(--total-timesteps "$TOTAL_TIMESTEPS" --save-model)
+run_flags=(--total-timesteps "$TOTAL_TIMESTEPS" --preset short --save-model)
 eta_flags=(${ETA:+--q-grad-coef "$ETA"})
 for seed in $SEEDS; do
     for env in $ENVS; do

@@ -282,7 +282,7 @@ def test_multigoal_sh_dry_run(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = [shlex.split(line) for line in result.stdout.splitlines()]
     assert len(lines) == 18 and not (tmp_path / "logs").exists()  # 3 envs x 2 algorithms x seeds 1, 2, 3
-    budget = ["--total-timesteps", "200000", "--save-model", "--total-timesteps", "5000"]  # the last one wins
+    budget = ["--total-timesteps", "200000", "--preset", "short", "--save-model", "--total-timesteps", "5000"]
     expected = []
     for env in ["MultiGoal4-v0", "MultiGoal5-v0", "MultiGoal6-v0"]:
         common = ["python", SCRIPT, "--env-id", env, "--seed", "1", "--exp-name"]
