@@ -1,11 +1,12 @@
 """Summarise benchmark runs: TAR table, normalised average score and learning curves (README "Results").
 
-Usage: python benchmark/report.py runs --out results
+Usage: python benchmark/report.py runs --out results [--reference ENV_ID LABEL CSV [CSV ...]]
 Reads the TensorBoard event files of every run folder `runs/{env_id}__{exp_name}__{seed}__{unix_time}/` (or
 `runs/{env_id}__{exp_name}__{seed}/`, the fixed folders of --resume-if-exists and --slurm grids), groups the runs by
 (env, exp_name), writes OUT/results.md plus one learning-curve PNG per env and prints the markdown; it lists the runs
 that have not reached their --total-timesteps yet (still running, waiting in a queue, or stopped).
 Metrics: README "Results" (TAR as in the DACER paper's Table 1 caption; the normalised score of DACERv2's §4.3).
+--reference draws a published curve (one CSV per seed, its step taken as the iteration) on an env's figure.
 """
 
 import argparse
@@ -301,40 +302,42 @@ def read_reference(path):
     """A published curve as a Run-like (iterations, returns), from a CSV with a header naming `step` (iterations) and
     `return` or `value` columns, e.g. the DACER repository's QVPO curves (wall_time,step,return)."""
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             table = [{key.strip().lower(): value for key, value in row.items() if key} for row in csv.DictReader(f)]
         column = "return" if table and "return" in table[0] else "value"
-        points = np.array(sorted((float(row["step"]), float(row[column])) for row in table))
-    except (OSError, KeyError, ValueError, TypeError) as error:
+        points = np.array(sorted((float(row["step"]), float(row[column])) for row in table)).reshape(-1, 2)
+    except (OSError, csv.Error, KeyError, ValueError, TypeError) as error:
         raise ReportError(f"--reference {path}: not a CSV with step and return (or value) columns ({error})")
-    if len(points) == 0:
-        raise ReportError(f"--reference {path}: no rows")
+    if len(points) == 0 or not np.isfinite(points).all():
+        raise ReportError(f"--reference {path}: " + ("no rows" if len(points) == 0 else "a value is not finite"))
     return Reference(points[:, 0], points[:, 1])
 
 
 def reference_curve(seeds, limit):
-    """learning_curve of a published curve's seeds up to iteration limit; None if a seed has no point there."""
-    seeds = [Reference(seed.iterations[seed.iterations <= limit], seed.returns[seed.iterations <= limit])
-             for seed in seeds]  # fmt: skip
-    return None if any(len(seed.iterations) == 0 for seed in seeds) else learning_curve(seeds)
+    """learning_curve of a published curve's seeds up to iteration limit (seeds with no point there are left out) and
+    the number of seeds kept; None when no seed has a point there."""
+    kept = [Reference(seed.iterations[seed.iterations <= limit], seed.returns[seed.iterations <= limit])
+            for seed in seeds if seed.iterations[0] <= limit]  # fmt: skip
+    return (learning_curve(kept), len(kept)) if kept else None
 
 
 def plot_env(env_id, rows, out_dir, references=()):
-    """Write the learning curves of all configurations on one env, and the reference curves (label, seeds) given for
-    it (dashed, black, drawn over the runs' range of iterations only), to OUT/{env}.png; returns the file name."""
+    """Write the learning curves of all configurations on one env, and the reference curves given for it ((label,
+    seeds), dashed, black, up to the runs' last iteration), to OUT/{env}.png; returns the file name and, per
+    reference, its label and the number of seeds drawn (0: none reaches into the runs' range)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row in rows:
         grid, mean, low, high, _ = learning_curve(row.runs)
         (line,) = ax.plot(grid, mean, label=f"{row.config} ({len(row.runs)} seeds)")
         ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-    limit = max(run.iterations[-1] for row in rows for run in row.runs)
+    limit, drawn = max(run.iterations[-1] for row in rows for run in row.runs), []
     for label, seeds in references:
         curve = reference_curve(seeds, limit)
-        if curve is None:
-            continue
-        grid, mean, low, high, _ = curve
-        ax.plot(grid, mean, "k--", marker=".", label=f"{label} ({len(seeds)} seeds, published)")
-        ax.fill_between(grid, low, high, color="k", alpha=0.1, linewidth=0)
+        drawn.append((label, curve[1] if curve else 0))
+        if curve:
+            (grid, mean, low, high, _), kept = curve
+            ax.plot(grid, mean, "k--", marker=".", label=f"{label} ({kept} seeds, published)")
+            ax.fill_between(grid, low, high, color="k", alpha=0.1, linewidth=0)
     ax.set(title=env_id, xlabel="iterations", ylabel=EVAL_TAG)
     ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
     ax.grid(alpha=0.3)
@@ -343,7 +346,7 @@ def plot_env(env_id, rows, out_dir, references=()):
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", env_id) + ".png"
     fig.savefig(out_dir / name, dpi=120)
     plt.close(fig)
-    return name
+    return name, drawn
 
 
 def fmt(mean, std):
@@ -475,7 +478,8 @@ def render_markdown(runs_dir, rows, curves, notes, incomplete=(), references=())
         "partial seed stops contributing where it ends.",
         "",
         *(f"Reference (dashed, black): {label} on {env}, a published curve read from {', '.join(files)}; its steps "
-          "are taken as iterations, and points beyond the runs' last iteration are left out." for env, label, files in references),
+          f"are taken as iterations; drawn up to the runs' last iteration ({drawn} of {len(files)} seeds have points "
+          "there)." for env, label, files, drawn in references),
         *([""] if references else []),
         *(line for env in envs for line in (f"![{env}]({curves[env]})", "")),
         "## Incomplete runs",
@@ -497,9 +501,9 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs_dir", type=Path, help="the folder holding the run folders (e.g. runs)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="where results.md and the PNGs go")
-    parser.add_argument("--reference", nargs="+", action="append", default=[], metavar=("ENV_ID LABEL", "CSV"),
-                        help="a published curve to draw on ENV_ID's figure: a CSV per seed with step (= iteration) "
-                        "and return columns; repeatable")  # fmt: skip
+    parser.add_argument("--reference", nargs="+", action="append", default=[], metavar=("ENV_ID", "LABEL CSV"),
+                        help="ENV_ID LABEL CSV [CSV ...] (after RUNS_DIR): a published curve to draw on ENV_ID's "
+                        "figure, one CSV per seed with step (= iteration) and return columns; repeatable")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -517,15 +521,20 @@ def main(argv=None):
             env, label, *files = reference
             if env not in envs:
                 raise ReportError(f"--reference {env}: no runs on that env (envs: {', '.join(sorted(envs))})")
-            references[env].append((label, [read_reference(path) for path in files]))
+            references[env].append((label, files, [read_reference(path) for path in files]))
     except ReportError as error:
         print(f"report.py: error: {error}", file=sys.stderr)
         sys.exit(2)
     args.out.mkdir(parents=True, exist_ok=True)
-    curves = {env: plot_env(env, [r for r in rows if r.env_id == env], args.out, references[env]) for env in envs}
+    curves, reference_lines = {}, []
+    for env in sorted(envs):
+        given = references[env]
+        curves[env], drawn = plot_env(env, [r for r in rows if r.env_id == env], args.out,
+                                      [(label, seeds) for label, _, seeds in given])  # fmt: skip
+        reference_lines += [(env, label, files, n) for (label, files, _), (_, n) in zip(given, drawn)]
     notes = run_notes(rows) + notes + env_notes(rows)
     markdown = render_markdown(args.runs_dir, rows, curves, notes, incomplete_runs(args.runs_dir, runs, rows),
-                               [(env, label, files) for env, label, *files in args.reference])  # fmt: skip
+                               reference_lines)
     (args.out / "results.md").write_text(markdown)
     print(markdown, end="")
 

@@ -175,23 +175,47 @@ def test_report_cli_writes_markdown_and_pngs(runs_dir, tmp_path):
     assert (out / "Hopper-v4.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_report_draws_a_published_reference_curve(runs_dir, tmp_path):
+def test_report_draws_a_published_reference_curve(runs_dir, rows, tmp_path):
     seeds = []
-    for i, (first, second) in enumerate([(50, 80), (70, 100)]):
-        seeds.append(tmp_path / f"qvpo_s{i}.csv")  # the DACER repository's format; step 300 is past the runs' 200
-        seeds[-1].write_text(f"wall_time,step,return\n1.0,100,{first}\n2.0,200,{second}\n3.0,300,1e6\n")
+    for i, points in enumerate([[(100, 50), (200, 80), (300, 1e6)], [(100, 70), (200, 100)], [(250, 1e6)]]):
+        seeds.append(tmp_path / f"qvpo_s{i}.csv")  # the DACER repository's format; the runs end at iteration 200
+        seeds[-1].write_text("wall_time,step,return\n" + "".join(f"1.0,{step},{value}\n" for step, value in points))
     read = [report.read_reference(path) for path in seeds]
     np.testing.assert_array_equal(read[0].iterations, [100, 200, 300])
-    grid, mean, low, high, count = report.reference_curve(read, limit=200)
+    (grid, mean, low, high, count), kept = report.reference_curve(read, limit=200)
+    assert kept == 2  # the seed that starts at 250 has nothing to add up to 200
     np.testing.assert_array_equal(np.stack([grid, mean, count]), [[100, 200], [60, 90], [2, 2]])
     half = stats.t.ppf(0.975, 1) * 10  # two seeds 20 apart: sample std 20/sqrt 2, standard error 10
     np.testing.assert_allclose(high - mean, [half, half])
     assert report.reference_curve(read, limit=50) is None
+    hopper = [row for (env, _), row in rows.items() if env == "Hopper-v4"]
+    name, drawn = report.plot_env("Hopper-v4", hopper, tmp_path, [("QVPO", read), ("late", read[2:])])
+    assert drawn == [("QVPO", 2), ("late", 0)]  # clipped at the runs' last iteration, 200
     out = tmp_path / "out"
     result = report_cli(runs_dir, "--out", out, "--reference", "Hopper-v4", "QVPO", *seeds)
     assert result.returncode == 0, result.stderr
-    assert "Reference (dashed, black): QVPO on Hopper-v4" in (out / "results.md").read_text()
+    markdown = (out / "results.md").read_text()
+    assert "Reference (dashed, black): QVPO on Hopper-v4" in markdown and "(2 of 3 seeds have points there)" in markdown
     assert (out / "Hopper-v4.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(
+    "content, error",
+    [
+        ("\ufeffstep,return\n1,2\n", None),  # a byte-order mark, as spreadsheets write
+        ("step,return\n1,nan\n", "a value is not finite"),
+        ("step,return\n", "no rows"),
+        ("iteration,return\n1,2\n", "not a CSV with step and return"),
+    ],
+)
+def test_read_reference(tmp_path, content, error):
+    path = tmp_path / "curve.csv"
+    path.write_text(content, encoding="utf-8")
+    if error is None:
+        assert report.read_reference(path).returns.tolist() == [2.0]
+    else:
+        with pytest.raises(report.ReportError, match=error):
+            report.read_reference(path)
 
 
 @pytest.mark.parametrize(
