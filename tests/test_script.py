@@ -127,7 +127,7 @@ def test_multigoal_run_reports_multimodality(tmp_path):
                             text=True, timeout=300)  # fmt: skip
     assert report.returncode == 0, report.stderr
     table = (tmp_path / "report" / "multigoal.md").read_text()  # the run beside its references
-    assert "| dacerv2_continuous | 6 | 1 |" in table and "| dacerv2_continuous, untrained | 6 | 1 |" in table
+    assert "| dacerv2_continuous | 6 | 1 |" in table and "| untrained network (T = 5, 2 x 32) | 6 | 1 |" in table
     assert "| uniform random actions | 6 | - |" in table and (tmp_path / "report" / "multigoal.png").is_file()
     assert "q_grad_coef (eta) = 100.0 for MultiGoal" in result.stdout  # our choice for Fig. 2 (README)
     (run_dir,) = (tmp_path / "runs").iterdir()
