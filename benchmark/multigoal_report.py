@@ -152,13 +152,12 @@ def reference_rows(groups, num_trajectories, seed):
     for (_, n), cell in groups.items():
         for e in cell:
             a = e.train_args
-            label = f"untrained network (T = {a['diffusion_steps']}, {a['num_layers']} x {a['hidden_dim']})"
-            untrained.setdefault((label, n), {}).setdefault(e.seed, a)
+            untrained.setdefault((n, a["diffusion_steps"], a["num_layers"], a["hidden_dim"]), {}).setdefault(e.seed, a)
     rows = {}
-    for (label, n), args_of in sorted(untrained.items(), key=lambda item: (item[0][1], item[0][0])):
+    for (n, steps, layers, width), args_of in sorted(untrained.items()):
         seeds = sorted(args_of)
         metrics = [evaluate_policy(untrained_actor(args_of[s]), n, num_trajectories, seed)[2] for s in seeds]
-        rows[label, n] = (", ".join(map(str, seeds)), metrics)
+        rows[f"untrained network (T = {steps}, {layers} x {width})", n] = (", ".join(map(str, seeds)), metrics)
     for n in VALID_NUM_GOALS:
         rows["uniform random actions", n] = ("-", [evaluate_policy(random_policy(seed), n, num_trajectories)[2]])
     return rows
