@@ -837,7 +837,7 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     env_id, task, q_grad_coef = check_setup(args)
-    run_name = f"{env_id}__{args.exp_name}__{args.seed}" + ("" if args.resume_if_exists else f"__{int(time.time())}")
+    run_name = fixed_run_name(args) + ("" if args.resume_if_exists else f"__{int(time.time())}")
     run_name = checkpoint["run_name"] if checkpoint else run_name
     if args.resume_if_exists and not checkpoint:
         for stale in Path("runs", run_name).glob("events.out.tfevents.*"):  # a start that wrote no checkpoint

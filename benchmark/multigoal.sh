@@ -3,7 +3,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
 
-SEEDS="1 2 3" # ~6 min per DACERv2 run and ~12 per DACER run on one CPU core at the default budget
+SEEDS="1 2 3" # ~6 min per DACERv2 run and ~10 per DACER run on one CPU core at the default budget
 ENVS="MultiGoal4-v0 MultiGoal5-v0 MultiGoal6-v0"
 TOTAL_TIMESTEPS=200000 # 10,000 iterations x 20 envs (the paper gives no budget): README "Results"
 OUT_DIR="results/multigoal"

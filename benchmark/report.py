@@ -324,7 +324,7 @@ def reference_curve(seeds, limit):
 def plot_env(env_id, rows, out_dir, references=()):
     """Write the learning curves of all configurations on one env, and the reference curves given for it ((label,
     seeds), dashed, black, up to the runs' last iteration), to OUT/{env}.png; returns the file name and, per
-    reference, its label and the number of seeds drawn (0: none reaches into the runs' range)."""
+    reference, the number of its seeds drawn (0: none reaches into the runs' range)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row in rows:
         grid, mean, low, high, _ = learning_curve(row.runs)
@@ -333,7 +333,7 @@ def plot_env(env_id, rows, out_dir, references=()):
     limit, drawn = max(run.iterations[-1] for row in rows for run in row.runs), []
     for label, seeds in references:
         curve = reference_curve(seeds, limit)
-        drawn.append((label, curve[1] if curve else 0))
+        drawn.append(curve[1] if curve else 0)
         if curve:
             (grid, mean, low, high, _), kept = curve
             ax.plot(grid, mean, "k--", marker=".", label=f"{label} ({kept} seeds, published)")
@@ -531,7 +531,7 @@ def main(argv=None):
         given = references[env]
         curves[env], drawn = plot_env(env, [r for r in rows if r.env_id == env], args.out,
                                       [(label, seeds) for label, _, seeds in given])  # fmt: skip
-        reference_lines += [(env, label, files, n) for (label, files, _), (_, n) in zip(given, drawn)]
+        reference_lines += [(env, label, files, n) for (label, files, _), n in zip(given, drawn)]
     notes = run_notes(rows) + notes + env_notes(rows)
     markdown = render_markdown(args.runs_dir, rows, curves, notes, incomplete_runs(args.runs_dir, runs, rows),
                                reference_lines)

@@ -190,7 +190,7 @@ def test_report_draws_a_published_reference_curve(runs_dir, rows, tmp_path):
     assert report.reference_curve(read, limit=50) is None
     hopper = [row for (env, _), row in rows.items() if env == "Hopper-v4"]
     name, drawn = report.plot_env("Hopper-v4", hopper, tmp_path, [("QVPO", read), ("late", read[2:])])
-    assert drawn == [("QVPO", 2), ("late", 0)]  # clipped at the runs' last iteration, 200
+    assert drawn == [2, 0]  # clipped at the runs' last iteration, 200
     out = tmp_path / "out"
     result = report_cli(runs_dir, "--out", out, "--reference", "Hopper-v4", "QVPO", *seeds)
     assert result.returncode == 0, result.stderr
