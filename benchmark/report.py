@@ -46,11 +46,12 @@ PAPER_BEST_TAR = {
     "HumanoidStandup": 170956, "Ant": 9169, "Humanoid": 13065, "Walker2d": 8011, "InvertedDoublePendulum": 9360,
     "Hopper": 4202, "HalfCheetah": 18192, "Swimmer": 172,
 }  # fmt: skip
-# Settings that differ from run to run by design, or only keep the books (checkpoints, logging); never shown as what
-# distinguishes two configurations.
+# Settings that differ from run to run by design, only keep the books (checkpoints, logging), only change the speed
+# (--compile: same losses and random numbers) or only name flags that are recorded themselves (--preset); never shown
+# as what distinguishes two configurations.
 PER_RUN_KEYS = {"exp_name", "seed", "resume", "resume_if_exists", "save_model", "checkpoint_frequency",
                 "checkpoint_buffer", "log_frequency", "print_episodes", "track", "wandb_project_name", "wandb_entity",
-                "capture_video"}  # fmt: skip
+                "capture_video", "compile", "preset"}  # fmt: skip
 
 
 class ReportError(Exception):

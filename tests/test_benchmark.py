@@ -391,9 +391,11 @@ def test_sac_baseline_logs_the_shared_tags_and_is_reported_beside_dacerv2_and_da
 
 def test_config_differences_beside_another_script():
     """A SAC baseline row names its algorithm; settings only the training script has, equal in all its runs, are not
-    differences; those that differ among its runs are, but not those that only keep the books (checkpoints)."""
-    ours = {"policy_lr": "0.0001", "q_lr": "0.0001", "num_envs": "1"}
-    runs = {"dacerv2": ours, "fast": {**ours, "policy_lr": "0.0003", "resume_if_exists": "True", "save_model": "True"},
+    differences; those that differ among its runs are, but not those that only keep the books (checkpoints), only
+    change the speed (--compile) or only name flags that are recorded themselves (--preset)."""
+    ours = {"policy_lr": "0.0001", "q_lr": "0.0001", "num_envs": "1", "compile": "False", "preset": "None"}
+    fast = {**ours, "policy_lr": "0.0003", "resume_if_exists": "True", "save_model": "True", "compile": "True"}
+    runs = {"dacerv2": ours, "fast": {**fast, "preset": "short"},
             "sac": {"algorithm": "stable-baselines3 SAC", "learning_rate": "0.0003", "num_envs": "1"}}  # fmt: skip
     rows = []
     for config, hparams in runs.items():
