@@ -394,8 +394,9 @@ def test_config_differences_beside_another_script():
     differences; those that differ among its runs are, but not those that only keep the books (checkpoints), only
     change the speed (--compile) or only name flags that are recorded themselves (--preset)."""
     ours = {"policy_lr": "0.0001", "q_lr": "0.0001", "num_envs": "1", "compile": "False", "preset": "None"}
-    fast = {**ours, "policy_lr": "0.0003", "resume_if_exists": "True", "save_model": "True", "compile": "True"}
-    runs = {"dacerv2": ours, "fast": {**fast, "preset": "short"},
+    fast = {**ours, "policy_lr": "0.0003", "resume_if_exists": "True", "save_model": "True", "compile": "True",
+            "preset": "short"}
+    runs = {"dacerv2": ours, "fast": fast,
             "sac": {"algorithm": "stable-baselines3 SAC", "learning_rate": "0.0003", "num_envs": "1"}}  # fmt: skip
     rows = []
     for config, hparams in runs.items():
