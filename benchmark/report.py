@@ -49,9 +49,9 @@ PAPER_BEST_TAR = {
 # Settings that differ from run to run by design, only keep the books (checkpoints, logging), only change the speed
 # (--compile: same losses and random numbers) or only name flags that are recorded themselves (--preset); never shown
 # as what distinguishes two configurations.
-PER_RUN_KEYS = {"exp_name", "seed", "resume", "resume_if_exists", "save_model", "checkpoint_frequency",
-                "checkpoint_buffer", "log_frequency", "print_episodes", "track", "wandb_project_name", "wandb_entity",
-                "capture_video", "compile", "preset"}  # fmt: skip
+NOT_A_DIFFERENCE = {"exp_name", "seed", "resume", "resume_if_exists", "save_model", "checkpoint_frequency",
+                    "checkpoint_buffer", "log_frequency", "print_episodes", "track", "wandb_project_name",
+                    "wandb_entity", "capture_video", "compile", "preset"}  # fmt: skip
 
 
 class ReportError(Exception):
@@ -253,7 +253,7 @@ def config_differences(rows):
     common = {}
     for row in rows:
         settings = [set(run.hparams.items()) for run in row.runs]
-        common[row.env_id, row.config] = {k: v for k, v in set.intersection(*settings) if k not in PER_RUN_KEYS}
+        common[row.env_id, row.config] = {k: v for k, v in set.intersection(*settings) if k not in NOT_A_DIFFERENCE}
     differences = {}
     for env in {row.env_id for row in rows}:
         configs = {key: settings for key, settings in common.items() if key[0] == env and settings}
