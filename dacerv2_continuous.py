@@ -116,6 +116,8 @@ class Args:
     """the number of components of the per-state GMM entropy estimate"""
     gmm_samples: int = 200
     """the number of sampled actions per state for the GMM entropy estimate"""
+    critic_loss: Literal["dsac-t", "td"] = "dsac-t"
+    """the critics' loss: DSAC-T's (paper Eq. 14), or "td", a plain TD loss (mu - y)^2 on their means (ours, README)"""
     num_critics: int = 2
     """the number of critics; targets and L_q, L_g use the smallest mean (paper: twin critics, 2)"""
     hidden_dim: int = 256
@@ -342,7 +344,7 @@ def dsac_critic_loss(mu, sigma, y, y_sample, omega, eps=0.1):
 
 
 def critic_loss(actor, critic, critic_target, batch, omega, alpha, args):
-    """The critics' DSAC-T losses on a batch, with a' from the current policy; also mu and the updated omega."""
+    """The critics' losses (--critic-loss) on a batch, a' from the current policy; also mu and the updated omega."""
     obs, actions, rewards, next_obs, terminations = batch
     with torch.no_grad():
         next_actions = explore(actor, next_obs, alpha, args.noise_scale)  # a' (no target policy: DACER)
@@ -351,6 +353,8 @@ def critic_loss(actor, critic, critic_target, batch, omega, alpha, args):
     mu, sigma = critic(obs, actions)
     with torch.no_grad():  # omega: each critic's running mean of sigma, started at its first batch mean (omega = 0)
         omega = torch.where(omega == 0, sigma.mean(1), omega.lerp(sigma.mean(1), args.tau))
+    if args.critic_loss == "td":  # sigma and y_sample unused: the clipped double-Q TD loss of SAC, TD3 and QVPO
+        return ((mu - y) ** 2).mean(1), mu, omega
     return dsac_critic_loss(mu, sigma, y, y_sample, omega), mu, omega
 
 

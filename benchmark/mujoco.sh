@@ -14,13 +14,14 @@ Launch the paper's MuJoCo benchmark (Table 2): every env x seed x algorithm, eac
 Algorithms (run names use them as exp_name):
   dacerv2   DACERv2 with the paper's defaults (T = 5, per-task eta)
   dacerv2_short  DACERv2 with --preset short (ours, for short budgets; README "Implementation details")
+  dacerv2_short_td  the same with --critic-loss td (plain TD critics instead of DSAC-T's; ours)
   dacer     the DACER baseline: --diffusion-steps 20 --q-grad-coef 0
   sac       Stable-Baselines3's SAC, benchmark/sac_baseline.py (pip install -r benchmark/requirements.txt); it
             takes the flags that both scripts have (env, budget, envs, warm-up, evaluation)
 
 Options:
   --envs "ENV ..."    env ids (default: "$ENVS")
-  --algos "A ..."     algorithms among dacerv2, dacerv2_short, dacer, sac (default: "$ALGOS")
+  --algos "A ..."     algorithms among dacerv2, dacerv2_short, dacerv2_short_td, dacer, sac (default: "$ALGOS")
 EOF
     launch_common_help
     cat <<EOF
@@ -43,6 +44,7 @@ algo_flags() {
     case "$1" in
         dacerv2) echo "" ;;
         dacerv2_short) echo "--preset short" ;;
+        dacerv2_short_td) echo "--preset short --critic-loss td" ;;
         dacer) echo "--diffusion-steps 20 --q-grad-coef 0" ;;
         sac) echo "" ;;
         *) return 1 ;;
@@ -51,7 +53,7 @@ algo_flags() {
 
 launch_parse_args "$@"
 for algo in $ALGOS; do
-    algo_flags "$algo" >/dev/null || launch_die "unknown algorithm '$algo' (choose from: dacerv2 dacerv2_short dacer sac)"
+    algo_flags "$algo" >/dev/null || launch_die "unknown algorithm '$algo' (choose from: dacerv2 dacerv2_short dacerv2_short_td dacer sac)"
 done
 for seed in $SEEDS; do
     for env in $ENVS; do

@@ -267,6 +267,25 @@ def test_mujoco_dry_run(tmp_path):
     assert len(default) == 40 and all("--exp-name dacerv2 " in line for line in default)
 
 
+def test_mujoco_algorithms_are_flags_of_the_training_script(tmp_path, monkeypatch):
+    """Each algorithm name stands for its flags, and the training script reads them as the options they name."""
+    import dacerv2_continuous as dacer
+
+    monkeypatch.chdir(tmp_path)
+    algos = {"dacerv2": {}, "dacerv2_short": {"preset": "short", "policy_lr": 3e-4},
+             "dacerv2_short_td": {"preset": "short", "policy_lr": 3e-4, "critic_loss": "td"},
+             "dacer": {"diffusion_steps": 20, "q_grad_coef": 0.0}}  # fmt: skip
+    result = bash("mujoco.sh", "--dry-run", "--envs", "Hopper-v4", "--seeds", "1", "--algos", " ".join(algos),
+                  cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for line, (algo, expected) in zip(result.stdout.splitlines(), algos.items(), strict=True):
+        args, _ = dacer.parse_args(shlex.split(line)[2:-3])
+        assert args.exp_name == algo
+        changed = {k: v for k, v in vars(args).items() if v != getattr(dacer.Args(), k)}
+        assert changed.items() >= expected.items(), (algo, changed)
+        assert "critic_loss" in changed if algo.endswith("_td") else "critic_loss" not in changed
+
+
 def test_ablation_dry_run(tmp_path):
     result = bash("ablation.sh", "--dry-run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

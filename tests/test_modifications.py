@@ -1,8 +1,9 @@
 """A modified script trains what it says: networks built from the script's own definitions with other arguments or a
 subclass (a SiLU actor, an actor with LayerNorm, a 3-layer ReLU critic, three critics) get, through the script's
 training path (critic_loss, actor_loss), the parameter gradients of an independently written literal computation:
-the critics run one by one with torch.min over them, the reverse chain written out, and L_g's network run again on
-the detached chain inputs x_j, step by step. Everything in float64."""
+the critics run one by one with torch.min over them (DSAC-T's loss, or the plain TD loss of --critic-loss td), the
+reverse chain written out, and L_g's network run again on the detached chain inputs x_j, step by step. Everything in
+float64."""
 
 import copy
 import math
@@ -68,6 +69,9 @@ def reference_losses(actor, critics, critic_targets, batch, omega, alpha, weight
     critic_loss = 0
     for i, critic in enumerate(critics):
         mu, sigma = critic(obs, actions)
+        if args.critic_loss == "td":  # plain TD on each critic's mean
+            critic_loss = critic_loss + ((mu - y) ** 2).mean()
+            continue
         w = sigma.detach().mean() if omega[i] == 0 else (1 - args.tau) * omega[i] + args.tau * sigma.detach().mean()
         y_b = (mu + (y_sample - mu).clamp(-3 * w, 3 * w)).detach()
         sd = sigma.detach()
@@ -107,13 +111,13 @@ CRITICS = {
     "3-layer ReLU critics": lambda: [dacer.Critic(OBS, ACT, HIDDEN, 3, activation=nn.ReLU) for _ in range(2)],
     "three critics": lambda: [dacer.Critic(OBS, ACT, HIDDEN, 2) for _ in range(3)],
 }
-CASES = [("paper actor", "twin GELU critics"), ("SiLU actor", "twin GELU critics"),
-         ("LayerNorm actor", "twin GELU critics"), ("paper actor", "3-layer ReLU critics"),
-         ("paper actor", "three critics")]  # fmt: skip
+CASES = [("paper actor", "twin GELU critics", "dsac-t"), ("SiLU actor", "twin GELU critics", "dsac-t"),
+         ("LayerNorm actor", "twin GELU critics", "dsac-t"), ("paper actor", "3-layer ReLU critics", "dsac-t"),
+         ("paper actor", "three critics", "dsac-t"), ("paper actor", "three critics", "td")]  # fmt: skip
 
 
-@pytest.mark.parametrize("actor_name, critics_name", CASES)
-def test_training_step_gradients_equal_the_literal_computation(actor_name, critics_name):
+@pytest.mark.parametrize("actor_name, critics_name, loss", CASES)
+def test_training_step_gradients_equal_the_literal_computation(actor_name, critics_name, loss):
     torch.manual_seed(0)
     actor, critics = ACTORS[actor_name](), CRITICS[critics_name]()
     with torch.no_grad():  # nonzero LayerNorm affine parameters, so their gradients are not trivially structured
@@ -128,7 +132,7 @@ def test_training_step_gradients_equal_the_literal_computation(actor_name, criti
     ensemble_target = dacer.CriticEnsemble(critic_targets).requires_grad_(False)
     batch = (torch.randn(B, OBS), torch.rand(B, ACT) * 2 - 1, torch.randn(B), torch.randn(B, OBS),
              (torch.rand(B) < 0.2).double())  # fmt: skip
-    args = dacer.Args()
+    args = dacer.Args(critic_loss=loss)
     alpha, weights, eta = torch.tensor(1.5), torch.linspace(0.2, 0.8, T), 3.0
     for omega in (torch.zeros(len(critics)), torch.rand(len(critics)) + 0.5):  # the first update, a later one
         critic_loss, actor_loss = training_path_losses(actor, ensemble, ensemble_target, batch, omega, alpha, weights,
