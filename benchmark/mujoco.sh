@@ -5,6 +5,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
 
 ENVS="Humanoid-v4 Ant-v4 HalfCheetah-v4 Walker2d-v4 InvertedDoublePendulum-v4 Hopper-v4 HumanoidStandup-v4 Swimmer-v4"
 ALGOS="dacerv2"
+ALGO_NAMES="dacerv2 dacerv2_short dacerv2_short_td dacer sac"  # the cases of algo_flags
 
 usage() {
     cat <<EOF
@@ -21,7 +22,7 @@ Algorithms (run names use them as exp_name):
 
 Options:
   --envs "ENV ..."    env ids (default: "$ENVS")
-  --algos "A ..."     algorithms among dacerv2, dacerv2_short, dacerv2_short_td, dacer, sac (default: "$ALGOS")
+  --algos "A ..."     algorithms among: $ALGO_NAMES (default: "$ALGOS")
 EOF
     launch_common_help
     cat <<EOF
@@ -53,7 +54,7 @@ algo_flags() {
 
 launch_parse_args "$@"
 for algo in $ALGOS; do
-    algo_flags "$algo" >/dev/null || launch_die "unknown algorithm '$algo' (choose from: dacerv2 dacerv2_short dacerv2_short_td dacer sac)"
+    algo_flags "$algo" >/dev/null || launch_die "unknown algorithm '$algo' (choose from: $ALGO_NAMES)"
 done
 for seed in $SEEDS; do
     for env in $ENVS; do
