@@ -354,12 +354,12 @@ def load_actor(path):
         raise CheckpointError(f"no such checkpoint file {str(path)!r}")
     import torch
 
-    import dacerv2_continuous as dacer
+    from dacerv2_utils import error_summary
 
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, not a torch file, or objects weights_only refuses
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r} ({dacer.error_summary(error, 100)})") from None
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r} ({error_summary(error, 100)})") from None
     if not isinstance(checkpoint, dict) or "actor" not in checkpoint or not isinstance(checkpoint.get("args"), dict):
         raise CheckpointError(f"{str(path)!r} is not a checkpoint of dacerv2_continuous.py (no 'actor' and 'args')")
     args = checkpoint["args"]
@@ -372,7 +372,7 @@ def load_actor(path):
         actor = build_actor(args)
         actor.load_state_dict(checkpoint["actor"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:  # missing sizes or mismatching weights
-        message = f"cannot build the actor of {str(path)!r} ({dacer.error_summary(error, 100)})"
+        message = f"cannot build the actor of {str(path)!r} ({error_summary(error, 100)})"
         raise CheckpointError(message) from None
     return actor, num_goals, checkpoint
 

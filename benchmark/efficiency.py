@@ -44,6 +44,7 @@ import torch  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 import dacerv2_continuous as dacer  # noqa: E402
+import dacerv2_utils as utils  # noqa: E402
 
 SCRIPT = REPO / "dacerv2_continuous.py"
 DEFAULTS = dacer.Args()  # batch size, GMM sizes, noise scale, initial alpha and alpha interval of the script
@@ -65,7 +66,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors (exit status 2) like the training script's."""
 
     def error(self, message):
-        dacer.fail(f"{message} (see --help)")
+        utils.fail(f"{message} (see --help)")
 
 
 def parse_args():
@@ -99,32 +100,32 @@ def parse_args():
     )
     args = parser.parse_args()
     if args.iterations < 2 or args.iterations % LOG_FREQUENCY:
-        dacer.fail(f"--iterations must be an even number >= 2 (one log point per 2 iterations), got {args.iterations}")
+        utils.fail(f"--iterations must be an even number >= 2 (one log point per 2 iterations), got {args.iterations}")
     for name in ("rounds", "threads", "hidden_dim", "num_layers"):
         if getattr(args, name) < 1:
-            dacer.fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+            utils.fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.baseline is not None and not Path(args.baseline).is_file():
-        dacer.fail(f"--baseline: no such file {args.baseline!r}")
+        utils.fail(f"--baseline: no such file {args.baseline!r}")
     if shutil.which(args.python) is None:
-        dacer.fail(f"--python: no such interpreter {args.python!r}")
+        utils.fail(f"--python: no such interpreter {args.python!r}")
     for option in ("json", "markdown"):
         path = getattr(args, option)
         if path is not None and not Path(path).resolve().parent.is_dir():
-            dacer.fail(f"--{option}: the folder of {path!r} does not exist")
+            utils.fail(f"--{option}: the folder of {path!r} does not exist")
     if args.device == "cuda" and not torch.cuda.is_available():
-        dacer.fail("--device cuda: no CUDA device is available to this torch (use --device cpu)")
+        utils.fail("--device cuda: no CUDA device is available to this torch (use --device cpu)")
     return args
 
 
 def env_dims(env_id):
     """The env id the script runs (paper -v3 ids become -v4), its observation and action sizes and a first state."""
-    env_id = dacer.resolve_env_id(env_id)
+    env_id = utils.resolve_env_id(env_id)
     try:
         env = gym.make(env_id)
     except Exception as e:  # e.g. a missing optional dependency of the env
-        dacer.fail(f"cannot make {env_id}: {dacer.error_summary(e, 150)}")
+        utils.fail(f"cannot make {env_id}: {utils.error_summary(e, 150)}")
     if not (isinstance(env.observation_space, gym.spaces.Box) and isinstance(env.action_space, gym.spaces.Box)):
-        dacer.fail(f"{env_id}: DACERv2 needs Box observation and action spaces")
+        utils.fail(f"{env_id}: DACERv2 needs Box observation and action spaces")
     obs, _ = env.reset(seed=0)
     env.close()
     return env_id, env.observation_space.shape[0], env.action_space.shape[0], obs
@@ -165,7 +166,9 @@ def training_ms(args, env_id, name, script, diffusion_steps, flags):
         *(["--compile"] if compiled(args, script) else []),
     ]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="efficiency-") as folder:
-        result = subprocess.run(command, cwd=folder, capture_output=True, text=True)
+        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # dacerv2_utils, for a copy
+        env = {**os.environ, "PYTHONPATH": path}
+        result = subprocess.run(command, cwd=folder, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             print(f"error: the {name} training run failed (exit status {result.returncode}):", file=sys.stderr)
             print(" ".join(command), *result.stderr.strip().splitlines()[-15:], sep="\n", file=sys.stderr)
@@ -226,7 +229,7 @@ def variants(args):
         try:
             spec.loader.exec_module(baseline)
         except Exception as e:
-            dacer.fail(f"--baseline: cannot import {args.baseline!r} ({dacer.error_summary(e, 100)})")
+            utils.fail(f"--baseline: cannot import {args.baseline!r} ({utils.error_summary(e, 100)})")
         rows += [(f"{name} (baseline)", baseline, args.baseline, steps, flags) for name, steps, flags in ALGORITHMS]
     return rows
 
@@ -242,8 +245,11 @@ def measure(args, env_id, obs_dim, act_dim, first_obs):
         torch.manual_seed(DEFAULTS.seed)
         actors[name] = script.DiffusionActor(obs_dim, act_dim, args.hidden_dim, args.num_layers, diffusion_steps)
         actors[name].to(device)
-        if compiled(args, path):  # compile_sampler: the name in versions before compile_functions (--baseline)
-            (getattr(script, "compile_functions", None) or script.compile_sampler)(actors[name], device)
+        if compiled(args, path):  # earlier versions (--baseline) had compile_functions or compile_sampler in the script
+            if hasattr(script, "utils"):
+                script.utils.compile_functions(actors[name], device, script.critic_loss, script.actor_loss)
+            else:
+                (getattr(script, "compile_functions", None) or script.compile_sampler)(actors[name], device)
     for round_ in range(1, args.rounds + 1):
         for name, script, path, diffusion_steps, flags in rows:
             print(f"round {round_}/{args.rounds}, {name}: {WARMUP_ITERATIONS} + {args.iterations} training iterations "
@@ -335,7 +341,7 @@ def render_markdown(rows):
 def main():
     args = parse_args()
     env_id, obs_dim, act_dim, first_obs = env_dims(args.env_id)
-    dacer.keep_freed_memory()
+    utils.keep_freed_memory()
     torch.set_num_threads(args.threads)
     device_text = describe_device(torch.device(args.device), args.threads)
     results = measure(args, env_id, obs_dim, act_dim, first_obs)

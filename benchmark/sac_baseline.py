@@ -29,7 +29,7 @@ import tyro
 from torch.utils.tensorboard import SummaryWriter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dacerv2_continuous import fail, resolve_env_id  # noqa: E402  (one env-id mapping and one error format)
+from dacerv2_utils import fail, resolve_env_id  # noqa: E402  (one env-id mapping and one error format)
 
 
 @dataclass

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import dacerv2_continuous as dacer  # noqa: E402
+import dacerv2_utils as utils  # noqa: E402
 
 OBS_DIM, ACT_DIM, BUFFER = 11, 3, 100_000  # Hopper-v4
 WARMUP = 40
@@ -48,11 +49,11 @@ def main():
     parser.add_argument("--iterations", type=int, default=400, help="timed iterations (default: 400)")
     args = parser.parse_args()
     if args.diffusion_steps < 1 or args.iterations < 2 or args.q_grad_coef < 0:
-        dacer.fail("--diffusion-steps must be >= 1, --iterations >= 2 and --q-grad-coef >= 0")
+        utils.fail("--diffusion-steps must be >= 1, --iterations >= 2 and --q-grad-coef >= 0")
     defaults, device = dacer.Args(), torch.device("cpu")
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    dacer.keep_freed_memory()
+    utils.keep_freed_memory()
     T, B, hidden, layers = args.diffusion_steps, defaults.batch_size, defaults.hidden_dim, defaults.num_layers
     actor = dacer.DiffusionActor(OBS_DIM, ACT_DIM, hidden, layers, T)
     critic = dacer.CriticEnsemble([dacer.Critic(OBS_DIM, ACT_DIM, hidden, layers) for _ in range(defaults.num_critics)])

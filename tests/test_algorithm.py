@@ -148,6 +148,15 @@ def train_on_q_grad_loss_only(actor, critic, steps=300):
         opt.step()
 
 
+@pytest.mark.parametrize("env_id, task, eta", [("Hopper-v4", "Hopper", 1.0), ("Humanoid-v4", "Humanoid", 0.01),
+                                                ("InvertedDoublePendulum-v4", "InvertedDoublePendulum", 0.01),
+                                                ("MultiGoal6-v0", "MultiGoal", 100.0), ("Pendulum-v1", "Pendulum", 1.0)])
+def test_q_grad_coef_is_the_paper_table_5_value_of_the_task_unless_given(env_id, task, eta, capsys):
+    assert dacer.task_and_q_grad_coef(env_id) == (task, eta)
+    assert f"q_grad_coef (eta) = {eta} for {task}" in capsys.readouterr().out
+    assert dacer.task_and_q_grad_coef(env_id, 0.0) == (task, 0.0) and capsys.readouterr().out == ""
+
+
 def test_q_grad_loss_sign_moves_samples_up_the_q_gradient(actor):
     """Training on L_g alone (target eps = -w grad Q_norm) raises the mean Q of sampled actions; -Q lowers it."""
     optimum = torch.tensor([2.0, -2.0, 1.5])  # outside the box, so samples can move both ways

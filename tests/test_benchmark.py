@@ -270,6 +270,7 @@ def test_mujoco_dry_run(tmp_path):
 def test_mujoco_algorithms_are_flags_of_the_training_script(tmp_path, monkeypatch):
     """Each algorithm name stands for its flags, and the training script reads them as the options they name."""
     import dacerv2_continuous as dacer
+    import dacerv2_utils as utils
 
     monkeypatch.chdir(tmp_path)
     algos = {"dacerv2": {}, "dacerv2_short": {"preset": "short", "policy_lr": 3e-4},
@@ -279,7 +280,7 @@ def test_mujoco_algorithms_are_flags_of_the_training_script(tmp_path, monkeypatc
                   cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     for line, (algo, expected) in zip(result.stdout.splitlines(), algos.items(), strict=True):
-        args, _ = dacer.parse_args(shlex.split(line)[2:-3])
+        args, _ = utils.parse_args(dacer.Args, dacer.PRESETS, shlex.split(line)[2:-3])
         assert args.exp_name == algo
         changed = {k: v for k, v in vars(args).items() if v != getattr(dacer.Args(), k)}
         assert changed.items() >= expected.items(), (algo, changed)

@@ -11,6 +11,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import dacerv2_continuous as dacer
+import dacerv2_utils as utils
 
 REPO = Path(__file__).resolve().parents[1]
 # torch's own code calls its deprecated torch.jit.script_method while compiling; outside pytest Python hides it
@@ -27,7 +28,7 @@ def twin_actors():
 def test_compiled_sampler_and_losses_match_eager(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     actor, eager = twin_actors()
-    critic_loss, actor_loss = dacer.compile_functions(actor, torch.device("cpu"))
+    critic_loss, actor_loss = utils.compile_functions(actor, torch.device("cpu"), dacer.critic_loss, dacer.actor_loss)
     graphs = counters["stats"]["unique_graphs"]
     with torch.no_grad():  # same seed, no noise given: the same random numbers are drawn, at any batch size
         for batch in (1, 16, 300):
@@ -68,9 +69,9 @@ def test_compile_falls_back_to_eager_with_one_line(tmp_path):
     """No working C++ compiler: one line on stdout, then the run goes on eagerly and exits 0."""
     code = (
         "import sys, torch, torch._inductor.config as c; sys.argv[1:] = []; c.cpp.cxx = ('/nonexistent/c++',)\n"
-        f"sys.path.insert(0, {str(REPO)!r}); import dacerv2_continuous as dacer\n"
+        f"sys.path.insert(0, {str(REPO)!r}); import dacerv2_continuous as dacer, dacerv2_utils as utils\n"
         "actor = dacer.DiffusionActor(4, 3, 32, 2, 5)\n"
-        "dacer.compile_functions(actor, torch.device('cpu'))\n"
+        "utils.compile_functions(actor, torch.device('cpu'), dacer.critic_loss, dacer.actor_loss)\n"
         "print(tuple(actor.sample(torch.randn(2, 4)).shape))\n"
     )
     env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "PATH": "/usr/bin:/bin"}

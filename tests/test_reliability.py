@@ -12,6 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import dacerv2_continuous as dacer
+import dacerv2_utils as utils
 
 SCRIPT = str(Path(__file__).resolve().parents[1] / "dacerv2_continuous.py")
 PENDULUM = ["--env-id", "Pendulum-v1", "--num-envs", "2", "--learning-starts", "200", "--batch-size", "32",
@@ -71,15 +72,15 @@ def test_a_video_in_progress_stays_out_of_the_checkpoint(tmp_path, monkeypatch):
     env.reset(seed=0)
     for _ in range(5):
         env.step(env.action_space.sample())
-    video = next(layer for layer in dacer.env_layers(env) if isinstance(layer, dacer.gym.wrappers.RecordVideo))
+    video = next(layer for layer in utils.env_layers(env) if isinstance(layer, dacer.gym.wrappers.RecordVideo))
     assert video.recording and len(video.recorded_frames) == 6  # episode 0: the reset's frame and 5 steps
-    state = dacer.env_state(env)
+    state = utils.env_state(env)
     assert len(pickle.dumps(state)) < 50_000  # 6 frames of 400 x 400 x 3 bytes would be 2.9 MB
     with pytest.warns(UserWarning, match="Overwriting existing videos"):  # gymnasium's, for the run's own folder
         resumed = dacer.make_env("MultiGoal-v0", 0, 0, True, "run")()
     resumed.reset(seed=1)  # as the resumed script does before it restores the state: starts "episode 0" anew
-    dacer.set_env_state(resumed, state)
-    resumed_video = next(layer for layer in dacer.env_layers(resumed) if isinstance(layer, type(video)))
+    utils.set_env_state(resumed, state)
+    resumed_video = next(layer for layer in utils.env_layers(resumed) if isinstance(layer, type(video)))
     assert not resumed_video.recording and resumed_video.recorded_frames == []
     assert (resumed_video.episode_id, resumed_video.step_id) == (video.episode_id, video.step_id) == (0, 4)
     np.testing.assert_array_equal(resumed.unwrapped._state, env.unwrapped._state)
@@ -89,9 +90,9 @@ def test_a_video_in_progress_stays_out_of_the_checkpoint(tmp_path, monkeypatch):
 
 def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path):
     path = tmp_path / "run.pt"
-    dacer.save_checkpoint(path, {"iteration": 1, "weights": torch.ones(3)})
+    utils.save_checkpoint(path, {"iteration": 1, "weights": torch.ones(3)})
     with pytest.raises(Exception):  # fails mid-write: a lambda cannot be pickled
-        dacer.save_checkpoint(path, {"iteration": 2, "weights": torch.zeros(100_000), "bad": lambda: 0})
+        utils.save_checkpoint(path, {"iteration": 2, "weights": torch.zeros(100_000), "bad": lambda: 0})
     assert torch.load(path, weights_only=True)["iteration"] == 1
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
 
@@ -234,7 +235,7 @@ def bad_input_results(tmp_path_factory):
         (cwd / "notes.txt").write_text("hello\n")
         (cwd / "empty.pt").write_bytes(b"")
         (cwd / "runs_folder").mkdir()
-        pendulum = {key: None for key in dacer.CHECKPOINT_KEYS}
+        pendulum = {key: None for key in utils.CHECKPOINT_KEYS}
         pendulum["args"] = {"env_id": "Pendulum-v1", "diffusion_steps": 5}
         torch.save(pendulum, cwd / "pendulum.pt")
         if name == "runs is a file":

@@ -71,6 +71,26 @@ def test_print_episodes_brings_the_episode_lines_back(tmp_path):
     assert result.stdout.count(", episodic_return=") == len(episodes) == 2  # 2 envs x 300 steps, 200-step episodes
 
 
+def test_an_edited_copy_of_the_script_runs_beside_the_plumbing_module(tmp_path):
+    """README "Modifying the script": a copy next to dacerv2_utils.py (here, with a SiLU actor) trains and saves under
+    its own name."""
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    source, mish = Path(SCRIPT).read_text(), "diffusion_steps, activation=Mish):"
+    assert source.count(mish) == 1
+    (lab / "my_idea.py").write_text(source.replace(mish, "diffusion_steps, activation=nn.SiLU):"))
+    (lab / "dacerv2_utils.py").write_text((Path(SCRIPT).parent / "dacerv2_utils.py").read_text())
+    result = subprocess.run([sys.executable, str(lab / "my_idea.py"), "--env-id", "Pendulum-v1", "--no-cuda", *TINY,
+                             "--save-model"], cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "eval/episodic_return=" in result.stdout
+    (checkpoint,) = (tmp_path / "runs").glob("Pendulum-v1__my_idea__1__*/my_idea.pt")
+    resume = ["--resume", str(checkpoint.relative_to(tmp_path)), "--total-timesteps", "800"]
+    resumed = subprocess.run([sys.executable, str(lab / "my_idea.py"), *resume], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0 and "resuming Pendulum-v1__my_idea__1__" in resumed.stdout, resumed.stderr
+
+
 def test_a_run_within_the_warm_up_says_so_and_multigoal_says_untrained(tmp_path):
     result = run(["--env-id", "MultiGoal6-v0", "--no-cuda", *TINY, "--learning-starts", "601"], tmp_path)
     assert result.returncode == 0, result.stderr
@@ -178,6 +198,7 @@ def test_capture_video_without_a_display_fails_at_start_in_one_line(tmp_path):
 
 def test_capture_video_without_moviepy_fails_in_one_line(tmp_path):
     code = (f"import runpy, sys; sys.modules['moviepy'] = None; sys.argv = [{SCRIPT!r}, '--capture-video']; "
+            f"sys.path.insert(0, {str(Path(SCRIPT).parent)!r}); "
             f"runpy.run_path({SCRIPT!r}, run_name='__main__')")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
@@ -189,13 +210,15 @@ def test_preset_short_is_only_a_set_of_existing_flags(monkeypatch, tmp_path):
     import dataclasses
 
     import dacerv2_continuous as dacer
+    import dacerv2_utils as utils
 
     monkeypatch.chdir(tmp_path)
     flags = dacer.PRESETS["short"]
     assert flags and set(flags) < set(dacer.Args.__dataclass_fields__)
     by_hand = [f"--{name.replace('_', '-')}={value}" for name, value in flags.items()]
-    preset, _ = dacer.parse_args(["--preset", "short"])
-    assert dataclasses.replace(preset, preset=None) == dacer.parse_args(by_hand)[0] != dacer.Args()
+    parse = lambda argv: utils.parse_args(dacer.Args, dacer.PRESETS, argv)[0]  # noqa: E731
+    preset = parse(["--preset", "short"])
+    assert dataclasses.replace(preset, preset=None) == parse(by_hand) != dacer.Args()
     name, value = next(iter(flags.items()))  # a flag given on the command line overrides the preset's
-    given, _ = dacer.parse_args(["--preset", "short", f"--{name.replace('_', '-')}={value * 2}"])
+    given = parse(["--preset", "short", f"--{name.replace('_', '-')}={value * 2}"])
     assert getattr(given, name) == value * 2
