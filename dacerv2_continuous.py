@@ -234,7 +234,8 @@ def mlp(in_dim, hidden_dim, num_layers, out_dim, activation):
 
 
 class DiffusionActor(nn.Module):
-    """The noise-predicting network eps_theta(s, x, j) (DACER's DACERPolicyNet) and its sampler (paper Eq. 6)."""
+    """The noise-predicting network eps_theta(s, x, j) (DACER's DACERPolicyNet) and its sampler (paper Eq. 6).
+    --compile's sampler (dacerv2_utils.export_sampler) uses T, obs_dim, act_dim, draw_noise and sample."""
 
     def __init__(self, obs_dim, act_dim, hidden_dim, num_layers, diffusion_steps, activation=Mish):
         super().__init__()
@@ -544,10 +545,9 @@ if __name__ == "__main__":
     modules = {"actor": actor, "critic": critic, "critic_target": critic_target, "actor_optimizer": actor_optimizer,
                "q_optimizer": q_optimizer, "alpha_optimizer": alpha_optimizer}  # fmt: skip
     if checkpoint:
-        utils.load_networks(checkpoint, args, modules)
-        with torch.no_grad():
-            log_alpha.copy_(checkpoint["log_alpha"])
-        omega, entropy = checkpoint["omega"].to(device), checkpoint["entropy"].to(device)
+        learning_rates = {"q_optimizer": args.q_lr, "actor_optimizer": args.policy_lr, "alpha_optimizer": args.alpha_lr}
+        tensors = {"log_alpha": log_alpha, "omega": omega, "entropy": entropy}  # copied in place
+        utils.load_state(checkpoint, {**modules, **tensors}, learning_rates)  # the learning rates given now apply
         iteration, start_step = checkpoint["iteration"], checkpoint["global_step"]
         obs = utils.set_random_state(checkpoint["random_state"], envs, obs)
         if "buffer" in checkpoint:

@@ -1,6 +1,6 @@
 """Plumbing of dacerv2_continuous.py (TRY NOT TO MODIFY): input checks, env ids, env state and checkpoints for an
-exact resume, timers, --compile wiring. Nothing of the algorithm is here: the functions that need the script's own
-definitions (Args, its losses, its actor) take them as arguments, so a modified copy of the script passes its own."""
+exact resume, timers, --compile wiring. The functions that need the script's own definitions (Args and PRESETS, its
+losses and actor, the state it saves) take them as arguments, so that an edited copy of the script passes its own."""
 import contextlib
 import copy
 import ctypes
@@ -165,8 +165,7 @@ def set_random_state(saved, envs, obs):
         fail(f"--resume: the checkpoint's random and env state cannot be restored ({type(e).__name__}: {e})")
 
 
-CHECKPOINT_KEYS = {"actor", "critic", "critic_target", "actor_optimizer", "q_optimizer", "alpha_optimizer", "log_alpha",
-                   "omega", "entropy", "iteration", "global_step", "run_name", "args", "random_state"}  # fmt: skip
+CHECKPOINT_KEYS = {"args", "run_name", "iteration", "global_step", "random_state"}  # and the script's state: load_state
 
 
 def save_checkpoint(path, state):
@@ -200,17 +199,21 @@ def load_checkpoint(path):
     return checkpoint
 
 
-def load_networks(checkpoint, args, modules):
-    """The checkpoint's networks and optimizers into modules ({checkpoint key: module or optimizer}), with the
-    learning rates given now."""
+def load_state(checkpoint, state, learning_rates):
+    """The checkpoint's networks, optimizers and tensors into state ({checkpoint key: module, optimizer or tensor},
+    tensors copied in place); the learning rates given now ({optimizer's key: lr}) replace the saved ones."""
     try:
-        for name, module in modules.items():
-            module.load_state_dict(checkpoint[name])
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor):
+                with torch.no_grad():
+                    value.copy_(checkpoint[name])
+            else:
+                value.load_state_dict(checkpoint[name])
+        for name, lr in learning_rates.items():
+            state[name].param_groups[0]["lr"] = lr
     except (RuntimeError, ValueError, KeyError):
         fail("--resume: the checkpoint's networks do not match these arguments (--hidden-dim, --num-layers, "
              "--num-critics) or this version of the script")  # fmt: skip
-    for name, lr in ("q_optimizer", args.q_lr), ("actor_optimizer", args.policy_lr), ("alpha_optimizer", args.alpha_lr):
-        modules[name].param_groups[0]["lr"] = lr  # a learning rate given on the command line applies
 
 
 class UpdateTimer:
@@ -336,26 +339,32 @@ def parse_args(args_class, presets, argv=None):
             raise
 
     args = cli(defaults)
-    if args.preset and args.preset != defaults.preset:  # its flags become the defaults that the flags given override
-        args = cli(replace(defaults, **presets[args.preset]))
-    for name in ("num_envs", "batch_size", "diffusion_steps", "total_timesteps", "buffer_size", "hidden_dim",
-                 "num_layers", "num_critics", "eval_frequency", "eval_episodes", "policy_frequency",
-                 "alpha_update_frequency", "log_frequency", "gmm_components", "gmm_samples", "torch_threads",
-                 "policy_lr", "q_lr", "alpha_lr", "init_alpha", "reward_scale", "gamma", "tau"):  # fmt: skip
+    preset = getattr(args, "preset", None)
+    if preset and preset != defaults.preset:  # its flags become the defaults that the flags given override
+        args = cli(replace(defaults, **presets[preset]))
+
+    def checked(*names):  # the flags of these that Args has: an edited copy may have dropped some
+        return [name for name in names if hasattr(args, name)]
+
+    for name in checked("num_envs", "batch_size", "diffusion_steps", "total_timesteps", "buffer_size", "hidden_dim",
+                        "num_layers", "num_critics", "eval_frequency", "eval_episodes", "policy_frequency",
+                        "alpha_update_frequency", "log_frequency", "gmm_components", "gmm_samples", "torch_threads",
+                        "policy_lr", "q_lr", "alpha_lr", "init_alpha", "reward_scale", "gamma", "tau"):  # fmt: skip
         value = getattr(args, name)
         if not value > 0 or not math.isfinite(value):
             fail(f"--{name.replace('_', '-')} must be positive, got {value}")
-    for name in ("gamma", "tau"):
+    for name in checked("gamma", "tau"):
         if getattr(args, name) > 1:
             fail(f"--{name} must be at most 1, got {getattr(args, name)}")
-    for name in ("checkpoint_frequency", "learning_starts", "noise_scale", "target_entropy_scale", "q_grad_coef"):
+    non_negative = ("checkpoint_frequency", "learning_starts", "noise_scale", "target_entropy_scale", "q_grad_coef")
+    for name in checked(*non_negative):
         value = getattr(args, name)
         if value is not None and (not value >= 0 or not math.isfinite(value)):
             fail(f"--{name.replace('_', '-')} must be non-negative, got {value}")
-    for name in ("env_id", "diffusion_steps") if checkpoint else ():  # no network weight depends on T: check it here
-        if checkpoint["args"][name] != getattr(args, name):
+    for name in checked("env_id", "diffusion_steps") if checkpoint else ():  # no network weight depends on T
+        if checkpoint["args"].get(name) != getattr(args, name):
             fail(f"--resume: the checkpoint was trained with --{name.replace('_', '-')} {checkpoint['args'][name]}")
-    if args.learning_starts > args.buffer_size:
+    if getattr(args, "learning_starts", 0) > getattr(args, "buffer_size", math.inf):
         fail(f"--learning-starts ({args.learning_starts}) must not exceed --buffer-size ({args.buffer_size})")
     own_checkpoint = f"runs/{fixed_run_name(args)}/{args.exp_name}.pt" if args.resume_if_exists else None
     if own_checkpoint and not checkpoint and os.path.isfile(own_checkpoint):

@@ -8,8 +8,9 @@ Usage: python benchmark/efficiency.py [--env-id Hopper-v4] [--device cpu|cuda] [
 The algorithms take turns over --rounds rounds (each round measures every algorithm once, in the same order) and
 each figure is the median over all rounds: on a shared machine whose speed drifts, every algorithm sees the same
 slow and fast spells, so the ratios stay meaningful. --baseline adds the same rows for another version of the
-training script (e.g. `git show REV:dacerv2_continuous.py > old.py`), measured in the same turns: a speed-up or a
-regression as a ratio from one run.
+training script (e.g. `git show REV:dacerv2_continuous.py > DIR/old.py`, and for a revision that has it,
+`git show REV:dacerv2_utils.py > DIR/dacerv2_utils.py`, which the copy then imports instead of this repository's),
+measured in the same turns: a speed-up or a regression as a ratio from one run.
 
 - Training: the real training loop. dacerv2_continuous.py runs in a subprocess (in a temporary folder) with
   --log-frequency 2, and its `charts/update_ms` points are read back from the event file. Each point is the mean wall
@@ -226,10 +227,17 @@ def variants(args):
     if args.baseline:
         spec = importlib.util.spec_from_file_location("baseline_script", args.baseline)
         baseline = importlib.util.module_from_spec(spec)
+        own_utils = Path(args.baseline).resolve().parent / "dacerv2_utils.py"  # the baseline's plumbing, if beside it
         try:
+            if own_utils.is_file() and own_utils.parent != REPO:
+                utils_spec = importlib.util.spec_from_file_location("dacerv2_utils", own_utils)
+                sys.modules["dacerv2_utils"] = importlib.util.module_from_spec(utils_spec)
+                utils_spec.loader.exec_module(sys.modules["dacerv2_utils"])
             spec.loader.exec_module(baseline)
         except Exception as e:
             utils.fail(f"--baseline: cannot import {args.baseline!r} ({utils.error_summary(e, 100)})")
+        finally:
+            sys.modules["dacerv2_utils"] = utils  # this version's, for everything else
         rows += [(f"{name} (baseline)", baseline, args.baseline, steps, flags) for name, steps, flags in ALGORITHMS]
     return rows
 

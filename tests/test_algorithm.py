@@ -148,9 +148,10 @@ def train_on_q_grad_loss_only(actor, critic, steps=300):
         opt.step()
 
 
-@pytest.mark.parametrize("env_id, task, eta", [("Hopper-v4", "Hopper", 1.0), ("Humanoid-v4", "Humanoid", 0.01),
-                                                ("InvertedDoublePendulum-v4", "InvertedDoublePendulum", 0.01),
-                                                ("MultiGoal6-v0", "MultiGoal", 100.0), ("Pendulum-v1", "Pendulum", 1.0)])
+@pytest.mark.parametrize("env_id, task, eta", [
+    ("Hopper-v4", "Hopper", 1.0), ("Humanoid-v4", "Humanoid", 0.01), ("Pendulum-v1", "Pendulum", 1.0),
+    ("InvertedDoublePendulum-v4", "InvertedDoublePendulum", 0.01), ("MultiGoal6-v0", "MultiGoal", 100.0),
+])  # fmt: skip
 def test_q_grad_coef_is_the_paper_table_5_value_of_the_task_unless_given(env_id, task, eta, capsys):
     assert dacer.task_and_q_grad_coef(env_id) == (task, eta)
     assert f"q_grad_coef (eta) = {eta} for {task}" in capsys.readouterr().out

@@ -92,9 +92,12 @@ def test_failed_training_run_exits_1_with_its_last_stderr_lines(tmp_path):
 
 
 def test_baseline_rows_are_measured_in_the_same_turns(tmp_path):
-    """--baseline adds every algorithm's row for another version of the script (here: a copy of this one)."""
-    baseline = tmp_path / "old_script.py"
-    baseline.write_text((Path(EFFICIENCY).parents[1] / "dacerv2_continuous.py").read_text())
+    """--baseline adds every algorithm's row for another version of the script (here: a copy of this one), which runs
+    with the dacerv2_utils.py beside it (here, one that counts its imports), in-process and in its training runs."""
+    baseline, repo = tmp_path / "old_script.py", Path(EFFICIENCY).parents[1]
+    baseline.write_text((repo / "dacerv2_continuous.py").read_text())
+    counter = "\nopen(__file__ + '.imports', 'a').write('imported\\n')\n"
+    (tmp_path / "dacerv2_utils.py").write_text((repo / "dacerv2_utils.py").read_text() + counter)
     args = ["--env-id", "Pendulum-v1", "--iterations", "2", "--hidden-dim", "16", "--rounds", "1"]
     result = run([*args, "--baseline", str(baseline), "--json", "out.json"], tmp_path)
     assert result.returncode == 0, result.stderr
@@ -104,6 +107,8 @@ def test_baseline_rows_are_measured_in_the_same_turns(tmp_path):
         assert summary[f"{name.lower()} (baseline)"]["name"] == f"{name} (baseline)"
         assert f"{name} (baseline)" in result.stdout and summary[name.lower()]["train_points"] == 1
     assert "round 1/1, DACER (baseline)" in result.stderr
+    imports = (tmp_path / "dacerv2_utils.py.imports").read_text().splitlines()
+    assert len(imports) == 1 + len(ALGORITHMS)  # the baseline module, and its training runs; never this version's rows
 
 
 def test_stage_timing_prints_every_stage_and_rejects_bad_input(tmp_path):

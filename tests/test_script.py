@@ -206,6 +206,26 @@ def test_capture_video_without_moviepy_fails_in_one_line(tmp_path):
     assert errors == ["error: --capture-video needs moviepy: pip install moviepy"]
 
 
+def test_the_argument_checks_follow_an_edited_copys_args(monkeypatch, tmp_path):
+    """dacerv2_utils.parse_args takes the script's Args: one without some checked flags (and with a new one) parses,
+    and the checks of the flags it has still apply."""
+    import dataclasses
+
+    import dacerv2_continuous as dacer
+    import dacerv2_utils as utils
+
+    monkeypatch.chdir(tmp_path)
+    dropped = {"gmm_components", "gmm_samples", "preset", "buffer_size"}
+    kept = [(f.name, f.type, dataclasses.field(default=f.default)) for f in dataclasses.fields(dacer.Args)
+            if f.name not in dropped]  # fmt: skip
+    EditedArgs = dataclasses.make_dataclass("Args", [*kept, ("my_coef", float, 0.5)])
+    args, _ = utils.parse_args(EditedArgs, {}, ["--my-coef", "2", "--learning-starts", "10"])
+    assert (args.my_coef, args.learning_starts) == (2.0, 10) and not dropped & set(vars(args))
+    with pytest.raises(SystemExit) as exit_:
+        utils.parse_args(EditedArgs, {}, ["--num-envs", "0"])
+    assert exit_.value.code == 2
+
+
 def test_preset_short_is_only_a_set_of_existing_flags(monkeypatch, tmp_path):
     import dataclasses
 
