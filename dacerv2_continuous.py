@@ -35,7 +35,7 @@ class Args:
     torch_threads: int = 1
     """the number of CPU threads of torch (1 is fastest for these small networks, and safe for parallel runs)"""
     compile: bool = False
-    """if toggled, compile the losses and the sampler (torch.compile, AOTInductor; README "Results")"""
+    """if toggled, compile the losses and the sampler (torch.compile, AOTInductor; README "Implementation details")"""
     track: bool = False
     """if toggled, track the run with Weights and Biases (needs `pip install wandb`)"""
     wandb_project_name: str = "dacerv2"
@@ -101,7 +101,7 @@ class Args:
     noise_scale: float = 0.1
     """the exploration noise scale lambda: the executed action is clip(a0 + lambda * alpha * xi, -1, 1)"""
     init_alpha: float = 3.0
-    """the initial entropy temperature alpha"""
+    """the initial alpha of the entropy regulator (alpha scales the exploration noise)"""
     target_entropy_scale: float = 1.0
     """the target entropy is -scale * dim(A) (paper: 1.0, DACER code: 0.9)"""
     gmm_components: int = 3
@@ -168,7 +168,7 @@ class ReplayBuffer:
     def __init__(self, capacity, obs_dim, act_dim, device):
         self.capacity, self.size, self.pos, self.device = capacity, 0, 0, device
         shapes = {"obs": (obs_dim,), "actions": (act_dim,), "rewards": (), "next_obs": (obs_dim,), "terminations": ()}
-        self.data = {k: torch.empty(capacity, *shape, device=device) for k, shape in shapes.items()}  # touched if used
+        self.data = {k: torch.empty(capacity, *shape, device=device) for k, shape in shapes.items()}  # RAM as filled
 
     def add(self, obs, next_obs, actions, rewards, terminations):
         idx = torch.arange(self.pos, self.pos + len(obs)) % self.capacity
@@ -191,8 +191,11 @@ class ReplayBuffer:
 
 
 # ALGO LOGIC: VP noise schedule (paper App. D), network time index j = 0..T-1 (j = T-1: the first reverse step)
-def vp_schedule(T, b_min=0.1, b_max=10.0):
-    """Per-step coefficients of the reverse sampler, in float64."""
+B_MIN, B_MAX = 0.1, 10.0  # the VP schedule's beta range; Eq. 11's time weights are fitted to it
+
+
+def vp_schedule(T, b_min=B_MIN, b_max=B_MAX):
+    """Per-step coefficients of the reverse sampler, in float64 (kappa: DDPM's alpha_t)."""
     i = np.arange(1, T + 1)
     kappa = np.exp(-b_min / T - (b_max - b_min) * (2 * i - 1) / (2 * T**2))
     beta, kappa_bar = 1 - kappa, np.cumprod(kappa)
@@ -204,9 +207,15 @@ def vp_schedule(T, b_min=0.1, b_max=10.0):
             "posterior_c2": (1 - kappa_bar_prev) * np.sqrt(kappa) / (1 - kappa_bar)}  # fmt: skip
 
 
-def time_weight_coefficients(T, b_min=0.1, b_max=10.0):
+def time_weight_coefficients(T, b_min=B_MIN, b_max=B_MAX):
     """c, d of w_j = exp(c j + d) (paper Eq. 11, App. D): the exact fit of the reversed VP alphas, kappa_{T-1-j}."""
     return (b_max - b_min) / T**2, -b_min / T - (b_max - b_min) * (2 * T - 1) / (2 * T**2)
+
+
+def q_grad_time_weights(T, time_weight=True):
+    """w_j = exp(c j + d) of L_g's target for j = 0..T-1 (paper Eq. 11); all ones without time weighting."""
+    c, d = time_weight_coefficients(T)
+    return torch.exp(c * torch.arange(T) + d) if time_weight else torch.ones(T)
 
 
 # ALGO LOGIC: networks. Each is one plain nn.Module; every use (acting, a', the losses, the GMM, evaluation and the
@@ -235,7 +244,8 @@ def mlp(in_dim, hidden_dim, num_layers, out_dim, activation):
 
 class DiffusionActor(nn.Module):
     """The noise-predicting network eps_theta(s, x, j) (DACER's DACERPolicyNet) and its sampler (paper Eq. 6).
-    --compile's sampler (dacerv2_utils.export_sampler) uses T, obs_dim, act_dim, draw_noise and sample."""
+    --compile's CPU sampler (dacerv2_utils.export_sampler) uses T, obs_dim, act_dim, draw_noise and sample; it takes
+    the parameters and buffers as inputs and keeps other attributes (the schedule's floats) as constants."""
 
     def __init__(self, obs_dim, act_dim, hidden_dim, num_layers, diffusion_steps, activation=Mish):
         super().__init__()
@@ -323,13 +333,14 @@ def smallest_mean(critic, obs, actions):
 
 # ALGO LOGIC: losses
 def critic_targets(critic_target, rewards, next_obs, next_actions, terminations, gamma):
-    """Twin value distribution learning (DSAC-T): y from the smallest target mean, y_s from that critic's sample."""
+    """Targets of paper Eq. 14, twin value distribution learning (DSAC-T): y from the smallest target mean, y_s from
+    that critic's sample."""
     mu, sigma = critic_target(next_obs, next_actions)
     q_sample = mu + sigma * torch.randn_like(mu).clamp(-3.0, 3.0)
     smallest = mu.argmin(0, keepdim=True)
-    not_done = gamma * (1 - terminations)
-    y = rewards + not_done * mu.gather(0, smallest).squeeze(0)
-    y_sample = rewards + not_done * q_sample.gather(0, smallest).squeeze(0)
+    discount = gamma * (1 - terminations)
+    y = rewards + discount * mu.gather(0, smallest).squeeze(0)
+    y_sample = rewards + discount * q_sample.gather(0, smallest).squeeze(0)
     return y, y_sample
 
 
@@ -378,7 +389,7 @@ def q_grad_loss(actor, critic, obs, chain, weights, normalise=True, one_step=Fal
     if normalise:
         grad_q = grad_q / (grad_q.norm(dim=-1, keepdim=True) + 1e-6)  # paper Eq. 12, per sample
     eps = actor(obs, x, actor.time_embedding(steps))  # the network run again on the detached x_j
-    return ((eps + weights[steps, None] * grad_q) ** 2).mean()
+    return ((eps + weights[steps, None] * grad_q) ** 2).mean()  # paper Eq. 13
 
 
 def actor_loss(actor, critic, obs, alpha, q_grad_weights, q_grad_coef, args):
@@ -523,7 +534,7 @@ if __name__ == "__main__":
     obs, _ = envs.reset(seed=args.seed)
     obs_dim, act_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
 
-    # ALGO LOGIC: networks, optimizers, entropy temperature, L_g time weights
+    # ALGO LOGIC: networks, optimizers, alpha, L_g time weights
     actor = DiffusionActor(obs_dim, act_dim, args.hidden_dim, args.num_layers, args.diffusion_steps).to(device)
     critic = CriticEnsemble([Critic(obs_dim, act_dim, args.hidden_dim, args.num_layers)
                              for _ in range(args.num_critics)]).to(device)  # fmt: skip
@@ -533,9 +544,7 @@ if __name__ == "__main__":
     log_alpha = torch.tensor(math.log(args.init_alpha), device=device, requires_grad=True)
     alpha_optimizer = torch.optim.Adam([log_alpha], lr=args.alpha_lr)
     target_entropy = -args.target_entropy_scale * act_dim
-    c, d = time_weight_coefficients(args.diffusion_steps)
-    steps = torch.arange(args.diffusion_steps, device=device, dtype=torch.float32)
-    q_grad_weights = torch.exp(c * steps + d) if args.time_weight else torch.ones_like(steps)  # w_j (paper Eq. 11)
+    q_grad_weights = q_grad_time_weights(args.diffusion_steps, args.time_weight).to(device)  # w_j (paper Eq. 11)
     omega = torch.zeros(args.num_critics, device=device)  # running mean of each critic's sigma (DSAC-T); 0: unset
     entropy = torch.zeros((), device=device)  # cached GMM entropy estimate
     rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim, device)
@@ -601,7 +610,7 @@ if __name__ == "__main__":
     for global_step in range(start_step, args.total_timesteps, args.num_envs):
         if stop_signal:
             break
-        # ALGO LOGIC: put action logic here (uniform random actions during warm-up)
+        # ALGO LOGIC: put action logic here (uniform random actions for the first --learning-starts steps)
         if global_step < args.learning_starts:
             actions = envs.action_space.sample()
         else:

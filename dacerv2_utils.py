@@ -248,13 +248,15 @@ def keep_freed_memory():
 
 def export_sampler(actor):
     """The no-grad sampler as an AOTInductor package (torch.export, then inductor's C++ kernels and wrapper): one
-    package for every batch size, with the weights as inputs, so that it follows every in-place optimizer step and
-    runs without torch.compile's guards and Python wrapper (single-state actions in under 0.1 ms on one CPU thread)."""
+    package for every batch size, with the parameters and buffers as inputs, so that it follows every in-place change
+    (each optimizer step), and that runs without torch.compile's guards and Python wrapper (single-state actions in
+    under 0.1 ms on one CPU thread)."""
     import torch._inductor
 
-    names = [name for name, _ in actor.named_parameters()]
+    tensors = dict(actor.named_parameters()) | dict(actor.named_buffers())
+    names, weights = list(tensors), list(tensors.values())
 
-    class Sampler(nn.Module):  # actor.sample(obs, noise), with the actor's weights as inputs when given
+    class Sampler(nn.Module):  # actor.sample(obs, noise), with the actor's parameters and buffers as inputs when given
         def __init__(self):
             super().__init__()
             self.actor = actor
@@ -264,7 +266,6 @@ def export_sampler(actor):
                 return self.actor.sample(obs, noise)
             return torch.func.functional_call(self, {f"actor.{n}": w for n, w in zip(names, weights)}, (obs, noise))
 
-    weights = list(actor.parameters())
     batch = torch.export.Dim("batch", min=1)  # traced at batch 2: an example batch of 1 would specialise to it
     example = (torch.zeros(2, actor.obs_dim), torch.zeros(actor.T, 2, actor.act_dim), *(w.detach() for w in weights))
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as folder:

@@ -63,8 +63,7 @@ def main():
     rb = dacer.ReplayBuffer(BUFFER, OBS_DIM, ACT_DIM, device)
     rb.add(torch.randn(BUFFER, OBS_DIM), torch.randn(BUFFER, OBS_DIM), torch.rand(BUFFER, ACT_DIM) * 2 - 1,
            torch.randn(BUFFER), (torch.rand(BUFFER) < 0.01).float())  # fmt: skip
-    c, d = dacer.time_weight_coefficients(T)
-    q_grad_weights = torch.exp(c * torch.arange(T, dtype=torch.float32) + d)
+    q_grad_weights = dacer.q_grad_time_weights(T)
     alpha, omega, clock = torch.tensor(defaults.init_alpha), torch.ones(defaults.num_critics), StageClock()
 
     def iteration(policy):

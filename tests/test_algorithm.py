@@ -40,8 +40,9 @@ def test_time_weight_coefficients_match_table_and_curve_fit(T, c, d):
     (fit_c, fit_d), _ = curve_fit(lambda t, c, d: np.exp(c * t + d), np.arange(T), kappa[::-1], p0=(0.1, -1.0))
     assert fit_c == pytest.approx(got_c, rel=1e-4) and fit_d == pytest.approx(got_d, rel=1e-4)
     # the weight is largest at the first (noisiest) reverse step j = T-1
-    w = np.exp(got_c * np.arange(T) + got_d)
-    assert w.argmax() == T - 1 and w[-1] == pytest.approx(kappa[0])
+    w = dacer.q_grad_time_weights(T).numpy()
+    np.testing.assert_allclose(w, kappa[::-1], rtol=1e-6)  # w_j = kappa_{T-1-j}, in float32
+    assert w.argmax() == T - 1 and dacer.q_grad_time_weights(T, time_weight=False).tolist() == [1.0] * T
 
 
 @pytest.fixture
@@ -132,7 +133,7 @@ class QuadraticCritic(torch.nn.Module):
         return mu[None], torch.zeros_like(mu)[None]
 
 
-def q_grad_weights(T=5):
+def q_grad_weights(T=5):  # w_j written out, not q_grad_time_weights
     c, d = dacer.time_weight_coefficients(T)
     return torch.exp(c * torch.arange(T, dtype=torch.float32) + d)
 

@@ -59,8 +59,8 @@ def test_compiled_sampler_and_losses_match_eager(tmp_path, monkeypatch):
     assert counters["stats"]["unique_graphs"] >= graphs + 2  # both losses went through torch.compile
 
     noise = torch.randn(5, 16, 3)
-    with torch.no_grad():  # an optimizer step changes the weights in place: the compiled sampler sees it
-        for p, p_ref in zip(actor.parameters(), eager.parameters()):
+    with torch.no_grad():  # optimizer steps and buffer edits are in place: the compiled sampler sees them
+        for p, p_ref in zip([*actor.parameters(), *actor.buffers()], [*eager.parameters(), *eager.buffers()]):
             p.mul_(0.5), p_ref.mul_(0.5)
         torch.testing.assert_close(actor.sample(obs[:16], noise), eager.sample(obs[:16], noise), atol=1e-5, rtol=1e-5)
 
