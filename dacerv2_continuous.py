@@ -19,7 +19,13 @@ import torch.nn.functional as F
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-import dacerv2_utils as utils  # TRY NOT TO MODIFY: plumbing (input checks, checkpoints and exact resume, --compile)
+try:  # TRY NOT TO MODIFY: the plumbing (input checks, checkpoints and exact resume, --compile), beside this file
+    import dacerv2_utils as utils
+except ModuleNotFoundError as e:
+    if e.name != "dacerv2_utils":
+        raise
+    print("error: dacerv2_utils.py must sit beside this script (or on PYTHONPATH); copy it along", file=sys.stderr)
+    sys.exit(2)
 
 
 @dataclass

@@ -89,6 +89,11 @@ def test_an_edited_copy_of_the_script_runs_beside_the_plumbing_module(tmp_path):
     resumed = subprocess.run([sys.executable, str(lab / "my_idea.py"), *resume], cwd=tmp_path, capture_output=True,
                              text=True, timeout=300)  # fmt: skip
     assert resumed.returncode == 0 and "resuming Pendulum-v1__my_idea__1__" in resumed.stdout, resumed.stderr
+    (lab / "dacerv2_utils.py").unlink()  # a copy without the module: one line, not a traceback
+    alone = subprocess.run([sys.executable, str(lab / "my_idea.py"), "--help"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert alone.returncode == 2 and alone.stderr.startswith("error: dacerv2_utils.py must sit beside this script")
+    assert len(alone.stderr.splitlines()) == 1
 
 
 def test_a_run_within_the_warm_up_says_so_and_multigoal_says_untrained(tmp_path):
