@@ -1,5 +1,13 @@
 # DACERv2 (Wang et al. 2025): diffusion policy, 5 steps, Q-gradient field guidance. Docs and results: README.md
+import contextlib
 import copy
+import ctypes
+import difflib
+import hashlib
+import importlib.util
+import io
+import itertools
+import json
 import math
 import os
 import random
@@ -7,25 +15,20 @@ import shlex
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal, Optional
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import tyro
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
-
-try:  # TRY NOT TO MODIFY: the plumbing (input checks, checkpoints and exact resume, --compile), beside this file
-    import dacerv2_utils as utils
-except ModuleNotFoundError as e:
-    if e.name != "dacerv2_utils":
-        raise
-    print("error: dacerv2_utils.py must sit beside this script (or on PYTHONPATH); copy it along", file=sys.stderr)
-    sys.exit(2)
 
 
 @dataclass
@@ -34,20 +37,12 @@ class Args:
     """the name of this experiment (used in the run name)"""
     seed: int = 1
     """the seed of the experiment"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, use CUDA when it is available (a notice is printed and the CPU is used otherwise)"""
     torch_threads: int = 1
     """the number of CPU threads of torch (1 is fastest for these small networks, and safe for parallel runs)"""
     compile: bool = False
-    """if toggled, compile the losses and the sampler (torch.compile, AOTInductor; README "Implementation details")"""
-    track: bool = False
-    """if toggled, track the run with Weights and Biases (needs `pip install wandb`)"""
-    wandb_project_name: str = "dacerv2"
-    """the wandb project name"""
-    wandb_entity: Optional[str] = None
-    """the entity (team) of the wandb project"""
+    """if toggled, torch.compile the losses and the acting function (README "Implementation details")"""
     capture_video: bool = False
     """whether to record videos of env 0 (in `videos/RUN_NAME`; README: Set-up, for rendering without a display)"""
     save_model: bool = False
@@ -55,11 +50,17 @@ class Args:
     checkpoint_frequency: int = 0
     """the interval of periodic checkpoints (same file), in iterations; 0: only --save-model's and on SIGINT/SIGTERM"""
     checkpoint_buffer: bool = False
-    """whether checkpoints include the replay buffer (needed for an exact resume; large)"""
+    """whether checkpoints include the replay buffer's filled rows (needed for an exact resume)"""
     resume: Optional[str] = None
     """the path of a checkpoint to continue training from (its arguments are the defaults; flags given override)"""
     resume_if_exists: bool = False
-    """if toggled, the run folder is runs/{env_id}__{exp_name}__{seed} and a run continues from its checkpoint (Slurm)"""
+    """if toggled, the run folder is runs/{env_id}__{exp_name}__{seed}; a run continues from its checkpoint (Slurm)"""
+    force_resume: bool = False
+    """if toggled, --resume continues a checkpoint written by another version of this script, with this one's code"""
+    eval_only: bool = False
+    """if toggled, evaluate the policy of --resume (without it: the untrained network of --seed) and exit"""
+    eval_dir: Optional[str] = None
+    """the folder of --eval-only's eval.json (and multimodality.png on Multi-goal); default: the checkpoint's folder"""
     log_frequency: int = 1_000
     """the interval of the logged losses and the progress bar's figures, in iterations"""
     print_episodes: bool = False
@@ -127,17 +128,36 @@ class Args:
     eval_episodes: int = 10
     """the number of episodes per evaluation"""
     preset: Optional[Literal["short"]] = None
-    """a named set of the flags above, ours, not the paper's (PRESETS; README "Implementation details"): flags given
-    override it"""
+    """a named set of the flags above (PRESETS; ours, not the paper's): the flags given override it"""
 
 
-# η of paper Table 5 (two groups of tasks, as we read it); other tasks: DEFAULT_Q_GRAD_COEF. MultiGoal deviates: with
+def check_args(args, checkpoint=None):
+    """Refuses out-of-range flags with one error line each. A flag you add gets its check here."""
+    positive = ("num_envs", "batch_size", "diffusion_steps", "total_timesteps", "buffer_size", "hidden_dim",
+                "num_layers", "num_critics", "eval_frequency", "eval_episodes", "policy_frequency",
+                "alpha_update_frequency", "log_frequency", "gmm_components", "gmm_samples", "torch_threads",
+                "policy_lr", "q_lr", "alpha_lr", "init_alpha", "reward_scale", "gamma", "tau")
+    non_negative = ("checkpoint_frequency", "learning_starts", "noise_scale", "target_entropy_scale", "q_grad_coef")
+    for name in positive + non_negative:
+        value = getattr(args, name)
+        if value is not None and (not math.isfinite(value) or value < 0 or value == 0 and name in positive):
+            kind = "positive" if name in positive else "non-negative"
+            fail(f"--{name.replace('_', '-')} must be a finite {kind} number, got {value}")
+        if name in ("gamma", "tau") and value > 1:
+            fail(f"--{name} must be at most 1, got {value}")
+    if not 0 <= args.seed < 2**32:
+        fail(f"--seed must be in [0, 2^32), got {args.seed}")
+    if args.learning_starts > args.buffer_size:
+        fail(f"--learning-starts ({args.learning_starts}) must not exceed --buffer-size ({args.buffer_size})")
+    for name in ("env_id", "diffusion_steps", "num_envs") if checkpoint else ():  # a run keeps these
+        if checkpoint["args"].get(name) != getattr(args, name):
+            fail(f"--resume: the checkpoint was trained with --{name.replace('_', '-')} {checkpoint['args'][name]}")
+
+
+# η of paper Table 5 (two groups of tasks, as we read it); other tasks: 1.0. MultiGoal deviates: with
 # Table 5's 1.0 the policy collapses onto one goal, with 100 it reaches all (README).
-Q_GRAD_COEF = {
-    "Hopper": 1.0, "Ant": 1.0, "HalfCheetah": 1.0, "Walker2d": 1.0, "MultiGoal": 100.0,
-    "HumanoidStandup": 0.01, "Humanoid": 0.01, "Swimmer": 0.01, "InvertedDoublePendulum": 0.01,
-}  # fmt: skip
-DEFAULT_Q_GRAD_COEF = 1.0
+Q_GRAD_COEF = {"Hopper": 1.0, "Ant": 1.0, "HalfCheetah": 1.0, "Walker2d": 1.0, "MultiGoal": 100.0,
+               "HumanoidStandup": 0.01, "Humanoid": 0.01, "Swimmer": 0.01, "InvertedDoublePendulum": 0.01}
 # --preset short: for runs of 10^4 to 10^5 iterations (a CPU's budget), where the paper's settings, built for 1.5 M
 # iterations, learn slowly; with --critic-loss td faster still (README "Results"). Only existing flags.
 PRESETS = {"short": {"policy_lr": 3e-4, "q_lr": 3e-4, "init_alpha": 0.3, "alpha_update_frequency": 200}}
@@ -147,7 +167,7 @@ def task_and_q_grad_coef(env_id, q_grad_coef=None):
     """The task's name (MultiGoal for every MultiGoal env) and eta: q_grad_coef when given, else Q_GRAD_COEF's value."""
     task = "MultiGoal" if env_id.startswith("MultiGoal") else env_id.rpartition("-")[0]
     if q_grad_coef is None:
-        q_grad_coef = Q_GRAD_COEF.get(task, DEFAULT_Q_GRAD_COEF)
+        q_grad_coef = Q_GRAD_COEF.get(task, 1.0)
         source = "README: Results" if task == "MultiGoal" else "paper Table 5"
         print(f"q_grad_coef (eta) = {q_grad_coef} for {task} ({source}; set it with --q-grad-coef)")
     return task, q_grad_coef
@@ -188,7 +208,9 @@ class ReplayBuffer:
         return tuple(value[idx] for value in self.data.values())
 
     def state_dict(self):
-        return {"pos": self.pos, "size": self.size, **{k: v[: self.size].cpu() for k, v in self.data.items()}}
+        # a copy of the filled rows: a view would save the whole preallocated storage
+        return {"pos": self.pos, "size": self.size, **{k: v[: self.size].to("cpu", copy=True) for k, v in
+                                                         self.data.items()}}
 
     def load_state_dict(self, state):
         self.pos, self.size = state["pos"], state["size"]
@@ -210,27 +232,21 @@ def vp_schedule(T, b_min=B_MIN, b_max=B_MAX):
             "sqrt_recip_kappa_bar_m1": np.sqrt(1 / kappa_bar - 1),
             "posterior_std": np.sqrt(beta * (1 - kappa_bar_prev) / (1 - kappa_bar)),
             "posterior_c1": beta * np.sqrt(kappa_bar_prev) / (1 - kappa_bar),
-            "posterior_c2": (1 - kappa_bar_prev) * np.sqrt(kappa) / (1 - kappa_bar)}  # fmt: skip
+            "posterior_c2": (1 - kappa_bar_prev) * np.sqrt(kappa) / (1 - kappa_bar)}
 
 
-def time_weight_coefficients(T, b_min=B_MIN, b_max=B_MAX):
-    """c, d of w_j = exp(c j + d) (paper Eq. 11, App. D): the exact fit of the reversed VP alphas, kappa_{T-1-j}."""
-    return (b_max - b_min) / T**2, -b_min / T - (b_max - b_min) * (2 * T - 1) / (2 * T**2)
-
-
-def q_grad_time_weights(T, time_weight=True):
-    """w_j = exp(c j + d) of L_g's target for j = 0..T-1 (paper Eq. 11); all ones without time weighting."""
-    c, d = time_weight_coefficients(T)
+def q_grad_time_weights(T, time_weight=True, b_min=B_MIN, b_max=B_MAX):
+    """w_j = exp(c j + d), j = 0..T-1, of L_g's target (paper Eq. 11, App. D), c and d the exact fit of the reversed VP
+    alphas kappa_{T-1-j}; all ones without time weighting."""
+    c, d = (b_max - b_min) / T**2, -b_min / T - (b_max - b_min) * (2 * T - 1) / (2 * T**2)
     return torch.exp(c * torch.arange(T) + d) if time_weight else torch.ones(T)
 
 
 # ALGO LOGIC: networks. Each is one plain nn.Module; every use (acting, a', the losses, the GMM, evaluation and the
 # compiled paths) calls it, and autograd computes every gradient (README: Modifying the script).
 class Mish(nn.Module):
-    """Mish(x) = x tanh(softplus(x)), the actor's activation (DACER). Two ways of writing the same function, for speed
-    alone (autograd differentiates either): x n / (n + 2) with n = e^x (e^x + 2) when compiled, which inductor fuses
-    into one fast kernel, and x tanh(softplus(x)) eagerly, which with its backward takes half the time of torch's Mish
-    kernel on the CPU. (In float32, n / (n + 2) = 1 beyond x = 20.)"""
+    """Mish(x) = x tanh(softplus(x)), the actor's activation (DACER); compiled, the same function as x n / (n + 2),
+    n = e^x (e^x + 2), which inductor fuses into one kernel (docs/implementation.md)."""
 
     def forward(self, x):
         if torch.compiler.is_compiling():
@@ -249,9 +265,7 @@ def mlp(in_dim, hidden_dim, num_layers, out_dim, activation):
 
 
 class DiffusionActor(nn.Module):
-    """The noise-predicting network eps_theta(s, x, j) (DACER's DACERPolicyNet) and its sampler (paper Eq. 6).
-    --compile's CPU sampler (dacerv2_utils.export_sampler) uses T, obs_dim, act_dim, draw_noise and sample; it takes
-    the parameters and buffers as inputs and keeps other attributes (the schedule's floats) as constants."""
+    """The noise-predicting network eps_theta(s, x, j) (DACER's DACERPolicyNet) and its sampler (paper Eq. 6)."""
 
     def __init__(self, obs_dim, act_dim, hidden_dim, num_layers, diffusion_steps, activation=Mish):
         super().__init__()
@@ -280,11 +294,9 @@ class DiffusionActor(nn.Module):
         return torch.randn(self.T, obs.shape[0], self.act_dim, generator=generator, device=device, dtype=obs.dtype)
 
     def sample(self, obs, noise=None, keep_chain=False):
-        """Reverse DDPM chain, j = T-1 .. 0 (paper Eq. 6), differentiable end to end.
-
-        noise (T, B, d): noise[0] is the initial x ~ N(0, I), noise[j] the step noise z_j (step 0 adds none).
-        Returns a0 in [-1, 1] and, with keep_chain, the chain inputs x_j stacked as (T, B, d) (index j) for L_g.
-        """
+        """Reverse DDPM chain, j = T-1 .. 0 (paper Eq. 6), differentiable end to end. noise (T, B, d): noise[0] is the
+        initial x ~ N(0, I), noise[j] the step noise z_j (step 0 adds none). Returns a0 in [-1, 1] and, with
+        keep_chain, the chain inputs x_j stacked as (T, B, d) (index j) for L_g."""
         if noise is None:
             noise = self.draw_noise(obs)
         x, chain = noise[0], [None] * self.T
@@ -300,8 +312,9 @@ class DiffusionActor(nn.Module):
         return (x, torch.stack(chain)) if keep_chain else x
 
 
-def explore(actor, obs, alpha, noise_scale, a0=None):
-    """Executed action a = clip(a0 + lambda * alpha * xi, -1, 1) (DACER), for a0 given or sampled at obs."""
+def policy_action(actor, obs, alpha, noise_scale, a0=None):
+    """An action of the policy pi(a|s): a = clip(a0 + lambda * alpha * xi, -1, 1) (DACER), for a0 given or sampled at
+    obs. Acting, a' of the critics' targets, L_q's action and the GMM's samples all use it."""
     a0 = actor.sample(obs) if a0 is None else a0
     return (a0 + noise_scale * alpha * torch.randn_like(a0)).clamp(-1.0, 1.0)
 
@@ -320,8 +333,7 @@ class Critic(nn.Module):
 
 
 class CriticEnsemble(nn.Module):
-    """Independent critics (any nn.Module with Critic's signature), run one after the other; forward returns mu, sigma
-    of shape (num_critics, B). (Stacking them for torch.func.vmap measured 14 % slower per iteration on the CPU.)"""
+    """Independent critics (nn.Modules with Critic's signature); forward returns mu, sigma of shape (num_critics, B)."""
 
     def __init__(self, critics):
         super().__init__()
@@ -351,10 +363,9 @@ def critic_targets(critic_target, rewards, next_obs, next_actions, terminations,
 
 
 def dsac_critic_loss(mu, sigma, y, y_sample, omega, eps=0.1):
-    """DSAC-T critic loss per critic (paper Eq. 14 / DSAC-T), mu, sigma (num_critics, B), omega (num_critics,).
-
-    grad wrt mu = -(omega^2 + eps)(y - mu)/(sigma^2 + eps); wrt sigma = -(omega^2 + eps)((mu - y_b)^2 - sigma^2)/(sigma^3 + eps)
-    """
+    """DSAC-T critic loss per critic (paper Eq. 14), mu, sigma (num_critics, B), omega (num_critics,); its gradient
+    wrt mu is -(omega^2 + eps)(y - mu)/(sigma^2 + eps), wrt sigma -(omega^2 + eps)((mu - y_b)^2 - sigma^2)/(sigma^3
+    + eps)."""
     omega = omega[:, None]
     y_bounded = (mu + (y_sample - mu).clamp(-3 * omega, 3 * omega)).detach()  # clipping bound b = 3 omega
     sigma_d = sigma.detach().clamp(min=0.0)
@@ -363,13 +374,13 @@ def dsac_critic_loss(mu, sigma, y, y_sample, omega, eps=0.1):
     return -(omega.squeeze(1) ** 2 + eps) * (mean_term + std_term).mean(1)  # one loss per critic
 
 
-def critic_loss(actor, critic, critic_target, batch, omega, alpha, args):
+def critic_objective(actor, critic, critic_target, batch, omega, alpha, args):
     """The critics' losses (--critic-loss) on a batch, a' from the current policy; also mu and the updated omega."""
     obs, actions, rewards, next_obs, terminations = batch
     with torch.no_grad():
-        next_actions = explore(actor, next_obs, alpha, args.noise_scale)  # a' (no target policy: DACER)
+        next_actions = policy_action(actor, next_obs, alpha, args.noise_scale)  # a' (no target policy: DACER)
         y, y_sample = critic_targets(critic_target, args.reward_scale * rewards, next_obs, next_actions, terminations,
-                                     args.gamma)  # fmt: skip
+                                     args.gamma)
     mu, sigma = critic(obs, actions)
     with torch.no_grad():  # omega: each critic's running mean of sigma, started at its first batch mean (omega = 0)
         omega = torch.where(omega == 0, sigma.mean(1), omega.lerp(sigma.mean(1), args.tau))
@@ -379,12 +390,10 @@ def critic_loss(actor, critic, critic_target, batch, omega, alpha, args):
 
 
 def q_grad_loss(actor, critic, obs, chain, weights, normalise=True, one_step=False):
-    """Q-gradient field loss L_g (paper Eqs. 11-13) over the chain's intermediate actions x_j, taken as data.
-
-    With S_theta = -eps_theta read as a score and g the normalised Q-gradient, || w_j g - S_theta ||^2 =
-    || eps_theta(s, x_j, j) + w_j g ||^2, averaged over all T steps (the exact expectation over t ~ U(1, T)), or with
-    one_step over one random step j per state (an unbiased estimate of it, at 1/T of the cost). weights (T,): w_j.
-    """
+    """Q-gradient field loss L_g (paper Eqs. 11-13) over the chain's intermediate actions x_j, taken as data. With
+    S_theta = -eps_theta read as a score and g the normalised Q-gradient, || w_j g - S_theta ||^2 = || eps_theta(s, x_j,
+    j) + w_j g ||^2, averaged over all T steps (the exact expectation over t ~ U(1, T)), or with one_step over one
+    random step j per state (an unbiased estimate of it, at 1/T of the cost). weights (T,): w_j."""
     T, B, d = chain.shape
     steps = torch.arange(T, device=obs.device).repeat_interleave(B)  # j of each row of the stacked chain
     obs, x = obs.repeat(T, 1), chain.detach().reshape(T * B, d)  # x_j as data
@@ -398,10 +407,10 @@ def q_grad_loss(actor, critic, obs, chain, weights, normalise=True, one_step=Fal
     return ((eps + weights[steps, None] * grad_q) ** 2).mean()  # paper Eq. 13
 
 
-def actor_loss(actor, critic, obs, alpha, q_grad_weights, q_grad_coef, args):
+def actor_objective(actor, critic, obs, alpha, q_grad_weights, q_grad_coef, args):
     """L_pi = L_q + eta L_g (paper Eq. 15) with the critics frozen; also L_g (zero when eta = 0, i.e. DACER)."""
     a0, chain = actor.sample(obs, keep_chain=True)
-    loss_q = -smallest_mean(critic, obs, explore(actor, obs, alpha, args.noise_scale, a0)).mean()
+    loss_q = -smallest_mean(critic, obs, policy_action(actor, obs, alpha, args.noise_scale, a0)).mean()
     if q_grad_coef == 0:
         return loss_q, torch.zeros_like(loss_q)
     loss_g = q_grad_loss(actor, critic, obs, chain, q_grad_weights, args.q_grad_norm, args.q_grad_one_step)
@@ -427,12 +436,10 @@ def kmeans_init(x, K, gen):
 
 @torch.no_grad()
 def gmm_entropy(samples, num_components=3, max_iter=100, tol=1e-3, reg_covar=1e-6, seed=42):
-    """Per-state entropy of a full-covariance GMM fitted to samples (B, N, d); returns (B,) in float64.
-
-    H = -sum_k w_k log w_k + sum_k w_k [d/2 (1 + log 2 pi) + 1/2 log det Sigma_k]. sklearn's GaussianMixture defaults
-    (k-means init, <= 100 EM iterations, tol 1e-3, reg 1e-6) for all states at once; convergence is tested every 10
-    iterations. Each EM step is two batched products with the per-sample features f = [x x^T, x, 1].
-    """
+    """Per-state entropy of a full-covariance GMM fitted to samples (B, N, d); returns (B,) in float64. H = -sum_k w_k
+    log w_k + sum_k w_k [d/2 (1 + log 2 pi) + 1/2 log det Sigma_k]. sklearn's GaussianMixture defaults (k-means init,
+    <= 100 EM iterations, tol 1e-3, reg 1e-6) for all states at once; convergence is tested every 10 iterations. Each
+    EM step is two batched products with the per-sample features f = [x x^T, x, 1]."""
     x = samples.double()
     B, N, d = x.shape
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
@@ -469,21 +476,19 @@ def gmm_entropy(samples, num_components=3, max_iter=100, tol=1e-3, reg_covar=1e-
 
 
 @torch.no_grad()
-def estimate_entropy(actor, obs, alpha, noise_scale, num_samples, num_components):
-    """Mean over states of the GMM entropy of num_samples executed actions per state (paper's entropy regulator)."""
+def estimate_entropy(actor, obs, alpha, noise_scale, num_samples, num_components, act=policy_action):
+    """Mean GMM entropy of num_samples actions of the policy (act: policy_action or its compiled form) per state."""
     B = obs.shape[0]
     states = obs.repeat(num_samples, 1)  # (N*B, obs_dim), sample-major; in chunks that keep the chain in cache
-    actions = torch.cat([explore(actor, chunk, alpha, noise_scale) for chunk in states.split(1024)])  # 4x faster
+    actions = torch.cat([act(actor, chunk, alpha, noise_scale) for chunk in states.split(1024)])  # 4x faster
     return gmm_entropy(actions.view(num_samples, B, -1).transpose(0, 1), num_components).mean().float()
 
 
-# ALGO LOGIC: evaluation
+# ALGO LOGIC: evaluation (modules in eval() mode: a dropout or normalisation layer you add behaves as at test time)
 @torch.no_grad()
 def evaluate(actor, eval_envs, device, seed):
-    """Mean undiscounted return of one episode per eval env, with the evaluation action (chain, no lambda*alpha noise).
-
-    Seeded by `seed` alone, with its own generator: evaluating never shifts the training's random stream.
-    """
+    """Returns of one episode per eval env with the evaluation action (no lambda*alpha noise), own generator: seed."""
+    actor.eval()
     obs, _ = eval_envs.reset(seed=seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     returns = np.full(eval_envs.num_envs, np.nan)
@@ -494,23 +499,262 @@ def evaluate(actor, eval_envs, device, seed):
         if "final_info" in infos:
             finished = infos["final_info"]["_episode"] & np.isnan(returns)
             returns[finished] = infos["final_info"]["episode"]["r"][finished]
-    return float(returns.mean())
+    actor.train()
+    return returns
+
+
+def multigoal_evaluation(actor, env, out_png, seed, title):
+    """Paper Fig. 2 on a Multi-goal env (multigoal_env.report): trajectories of the evaluation action from exactly the
+    origin, chain noise from a CPU generator seeded with seed; leaves the actor in eval() mode (training is over)."""
+    import multigoal_env
+    device, gen = next(actor.parameters()).device, torch.Generator().manual_seed(seed)
+    actor.eval()
+
+    @torch.no_grad()
+    def policy(obs):  # positions of the trajectories still running -> actions
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
+        return actor.sample(obs, actor.draw_noise(obs, gen).to(device)).cpu().numpy()
+
+    return multigoal_env.report(policy, env.unwrapped.num_goals, out_png, title)
+
+
+# TRY NOT TO MODIFY: plumbing (input checks, env ids, exact resume, checkpoints that know their script, timers)
+SCRIPT = os.path.abspath(__file__)
+SCRIPT_SHA256 = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()  # recorded in checkpoints
+
+
+def fail(message):
+    """Bad user input: one line on stderr, exit status 2, no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def error_summary(error, limit=None):
+    """`Type: first line of the message` of an exception (the message cut at limit characters), for one-line errors."""
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:limit]}"
+
+
+def resolve_env_id(env_id, quiet=False):
+    """The env id to run; gym's mujoco-py ids (the paper's -v2/-v3) become the matching -v4 env (and say so)."""
+    if env_id.startswith("MultiGoal"):
+        import multigoal_env  # noqa: F401 (registers MultiGoal-v0 and MultiGoal{4,5,6}-v0)
+    if env_id not in gym.registry:
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.75)
+        fail(f"unknown env id {env_id!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    warnings.filterwarnings("ignore", ".*is out of date. You should consider upgrading", DeprecationWarning)
+    if "mujoco_py" in getattr(gym.registry[env_id].entry_point, "__name__", ""):  # gymnasium keeps the ids
+        name = env_id.rpartition("-")[0]
+        if not quiet:
+            print(f"{env_id} needs mujoco-py, which gymnasium dropped: using {name}-v4 (README: Known differences)")
+        return f"{name}-v4"
+    return env_id
+
+
+def check_setup(args):
+    """Before any run folder exists: the env id to run (returned), that it can be made (and rendered) and packages."""
+    env_id = resolve_env_id(args.env_id)
+    if args.capture_video and importlib.util.find_spec("moviepy") is None:
+        fail("--capture-video needs moviepy: pip install moviepy")
+    try:
+        probe = gym.make(env_id, render_mode="rgb_array" if args.capture_video else None)
+    except Exception as e:  # e.g. a missing optional dependency of the env
+        fail(f"cannot make {env_id}: {error_summary(e, 150)}")
+    spaces = (probe.observation_space, probe.action_space)
+    if not all(isinstance(space, gym.spaces.Box) and len(space.shape) == 1 for space in spaces):
+        fail(f"{env_id} has {spaces[0]} observations and a {spaces[1]} action space; DACERv2 needs flat Box spaces")
+    try:  # one frame now: a machine that cannot render fails here, in one line, not at the first reset
+        with warnings.catch_warnings(action="ignore"):  # GLFW's warnings on a machine without a display
+            _ = args.capture_video and (probe.reset(seed=args.seed), probe.render())
+    except Exception as e:
+        hint = ("; MuJoCo without a display needs MUJOCO_GL=egl (GPU driver) or MUJOCO_GL=osmesa (apt install "
+                "libosmesa6; pip install PyOpenGL)") if "mujoco" in str(gym.registry[env_id].entry_point) else ""
+        fail(f"--capture-video: {env_id} cannot render here ({error_summary(e, 200)}){hint}")
+    probe.close()
+    return env_id
+
+
+def numpy_as_tensors(value, back=False):
+    """numpy arrays and scalars inside plain containers -> tagged tensors (back=True: the other way), so that
+    torch.load(weights_only=True) reads a checkpoint whole and nothing in it is unpickled."""
+    if not back and isinstance(value, (np.ndarray, np.generic)):
+        return {"numpy": torch.from_numpy(np.array(value)), "scalar": isinstance(value, np.generic)}
+    if back and isinstance(value, dict) and value.keys() == {"numpy", "scalar"}:
+        return value["numpy"].numpy()[()] if value["scalar"] else value["numpy"].numpy()
+    if isinstance(value, dict):
+        return {k: numpy_as_tensors(v, back) for k, v in value.items()}
+    return type(value)(numpy_as_tensors(v, back) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def env_layers(env):
+    while isinstance(env, gym.Wrapper):
+        yield env
+        env = env.env
+    yield env
+
+
+def random_state(envs, obs):
+    """The RNGs, and what makes each sub-env continue exactly: plain-data attributes of its wrappers and itself (step
+    counters, episode statistics), its RNGs and MuJoCo's integration state. A video in progress is left out (the
+    resumed run records from the next scheduled episode on)."""
+    plain, video = (int, float, bool, str, np.ndarray, np.generic, list, tuple, type(None)), gym.wrappers.RecordVideo
+    env_states = []
+    for env in envs.envs:
+        layers = [{k: v for k, v in vars(layer).items() if isinstance(v, plain)} for layer in env_layers(env)]
+        for layer, attributes in zip(env_layers(env), layers):
+            if isinstance(layer, video):
+                attributes |= {"recording": False, "recorded_frames": [], "render_history": [], "_video_name": None}
+        u = env.unwrapped
+        state = {"layers": copy.deepcopy(layers), "rng": u.np_random.bit_generator.state,
+                 "action_rng": env.action_space.np_random.bit_generator.state}
+        if type(getattr(u, "data", None)).__name__ == "MjData":
+            state["mujoco"] = np.empty(mujoco.mj_stateSize(u.model, mujoco.mjtState.mjSTATE_INTEGRATION))
+            mujoco.mj_getState(u.model, u.data, state["mujoco"], mujoco.mjtState.mjSTATE_INTEGRATION)
+        env_states.append(state)
+    return numpy_as_tensors({
+        "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
+        "envs": env_states, "action_space": envs.action_space.np_random.bit_generator.state, "obs": obs})
+
+
+def set_random_state(saved, envs, obs):
+    """Restores random_state's RNGs, and its envs when their number is unchanged; returns the observations to go on."""
+    try:
+        saved = numpy_as_tensors(saved, back=True)
+        random.setstate(saved["python"])
+        np.random.set_state(saved["numpy"])
+        torch.set_rng_state(saved["torch"])
+        if saved["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(saved["cuda"])
+        for env, state in zip(envs.envs, saved["envs"]):
+            for layer, attributes in zip(env_layers(env), state["layers"]):
+                vars(layer).update(copy.deepcopy(attributes))
+            u = env.unwrapped
+            u.np_random.bit_generator.state = state["rng"]
+            env.action_space.np_random.bit_generator.state = state["action_rng"]
+            if "mujoco" in state:
+                mujoco.mj_setState(u.model, u.data, state["mujoco"], mujoco.mjtState.mjSTATE_INTEGRATION)
+                mujoco.mj_forward(u.model, u.data)
+        envs.action_space.np_random.bit_generator.state = saved["action_space"]
+        return saved["obs"]
+    except Exception as e:
+        fail(f"--resume: the checkpoint's random and env state cannot be restored ({error_summary(e, 150)})")
+
+
+def save_checkpoint(path, state):
+    """Atomic write: a crash mid-write leaves any previous checkpoint intact."""
+    tmp = f"{path}.tmp"
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except OSError as e:  # disk full, permissions: one line, and the previous checkpoint stays
+        print(f"error: cannot write checkpoint {path}: {e}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path):
+    """A checkpoint of this script, read with weights_only=True (tensors and plain data: no code runs)."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        fail(f"--resume: {path!r} " + ("is a folder; give the checkpoint file in it (runs/RUN_NAME/EXP_NAME.pt)" if
+             os.path.isdir(path) else "is empty, not a checkpoint" if os.path.isfile(path) else "does not exist"))
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unreadable, truncated, not a torch file, or carrying pickled objects
+        fail(f"--resume: {path!r} is not a checkpoint written by this script (torch.load: {error_summary(e, 100)})")
+    keys = {"args", "run_name", "iteration", "global_step", "random_state", "script", "script_sha256"}
+    missing = keys - set(checkpoint) if isinstance(checkpoint, dict) else keys
+    if missing == {"script", "script_sha256"}:
+        fail(f"--resume: {path!r} was written by an older version of this script; resume it with that version")
+    if missing:
+        fail(f"--resume: {path!r} is not a checkpoint of this script (missing {', '.join(sorted(missing))})")
+    return checkpoint
+
+
+def parse_args(argv=None):
+    """tyro's CLI of Args, --preset's and --resume's arguments as defaults; returns args and the checkpoint."""
+    argv, checkpoint, defaults = sys.argv[1:] if argv is None else argv, None, Args()
+    for i, arg in enumerate(argv):
+        if arg == "--resume" or arg.startswith("--resume="):
+            path = arg.partition("=")[2] or (argv[i + 1] if i + 1 < len(argv) else "")
+            checkpoint = load_checkpoint(path)
+            saved = {k: v for k, v in checkpoint["args"].items() if k in Args.__dataclass_fields__}
+            defaults = replace(Args(**saved), resume=path, force_resume=False, eval_only=False, eval_dir=None)
+
+    def cli(defaults):
+        tyro_errors = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(tyro_errors):
+                return tyro.cli(Args, default=defaults, args=argv)
+        except SystemExit as e:
+            if e.code:  # tyro's boxed message -> its text
+                lines = [line.strip("│ ") for line in tyro_errors.getvalue().splitlines() if line.startswith("│")]
+                message = " ".join(itertools.takewhile(lambda line: not line.startswith("─"), lines))
+                fail(f"{message or 'invalid arguments'} (see --help)")
+            raise
+
+    args = cli(defaults)
+    if args.preset and args.preset != defaults.preset:  # its flags become the defaults that the flags given override
+        args = cli(replace(defaults, **PRESETS[args.preset]))
+    check_args(args, checkpoint)
+    if checkpoint and checkpoint["script_sha256"] != SCRIPT_SHA256 and not args.force_resume:
+        fail(f"--resume: {args.resume!r} was written by {checkpoint['script']} (sha256 "
+             f"{checkpoint['script_sha256'][:12]}), not by this script ({SCRIPT}, {SCRIPT_SHA256[:12]}): run that "
+             "one, or add --force-resume")
+    own_checkpoint = f"runs/{resolve_env_id(args.env_id, quiet=True)}__{args.exp_name}__{args.seed}/{args.exp_name}.pt"
+    if args.resume_if_exists and not checkpoint and os.path.isfile(own_checkpoint):  # the run's fixed folder
+        return parse_args(["--resume", own_checkpoint, *argv])  # its own flags again
+    if checkpoint and checkpoint["global_step"] >= args.total_timesteps and not args.eval_only:
+        if args.resume_if_exists:
+            print(f"{checkpoint['run_name']} has reached --total-timesteps {args.total_timesteps}: nothing to do")
+            sys.exit(0)
+        fail(f"--resume: the checkpoint is at step {checkpoint['global_step']}, which reaches --total-timesteps "
+             f"{args.total_timesteps}: give a larger --total-timesteps (or --eval-only)")
+    runs = Path("runs") if os.path.exists("runs") else Path(".")
+    if not (runs.is_dir() and os.access(runs, os.W_OK)):
+        fail(f"cannot write run folders: {runs.resolve()} is not a writable folder")
+    return args, checkpoint
+
+
+class UpdateTimer:
+    """Mean wall time of the update step in ms; CUDA events on GPU, so that the hot loop never synchronises."""
+
+    def __init__(self, device):
+        self.cuda, self.marks = device.type == "cuda", []
+
+    def mark(self):  # at the start and at the end of every update
+        self.marks.append(torch.cuda.Event(enable_timing=True) if self.cuda else time.perf_counter())
+        if self.cuda:
+            self.marks[-1].record()
+
+    def mean_ms(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+        starts, ends, self.marks = self.marks[0::2], self.marks[1::2], []
+        times = [start.elapsed_time(end) if self.cuda else 1000 * (end - start) for start, end in zip(starts, ends)]
+        return float(np.mean(times)) if times else float("nan")
+
+
+def keep_freed_memory():
+    """Keeps freed blocks up to 32 MiB in the process (glibc): else each large temporary of an update page-faults."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
 
 
 if __name__ == "__main__":
-    args, checkpoint = utils.parse_args(Args, PRESETS)  # tyro; --preset's and --resume's arguments as defaults
-    utils.keep_freed_memory()
-    stop_signal = 0  # set by SIGINT / SIGTERM: finish the iteration, save a checkpoint, exit 128 + signal
-
-    def request_stop(signum, frame):
-        global stop_signal
-        stop_signal = signum
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    env_id = utils.check_setup(args)
+    args, checkpoint = parse_args()  # tyro; --preset's and --resume's arguments as defaults
+    keep_freed_memory()
+    stop_signals = []  # SIGINT, SIGTERM: finish the iteration, save a checkpoint, exit 128 + signal
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, lambda signum, frame: stop_signals.append(signum))
+    env_id = check_setup(args)
     task, q_grad_coef = task_and_q_grad_coef(env_id, args.q_grad_coef)
-    run_name = utils.fixed_run_name(args) + ("" if args.resume_if_exists else f"__{int(time.time())}")
+    run_name = f"{env_id}__{args.exp_name}__{args.seed}" + ("" if args.resume_if_exists else f"__{int(time.time())}")
     run_name = checkpoint["run_name"] if checkpoint else run_name
     if args.resume_if_exists and not checkpoint:
         for stale in Path("runs", run_name).glob("events.out.tfevents.*"):  # a start that wrote no checkpoint
@@ -524,18 +768,14 @@ if __name__ == "__main__":
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
     torch.set_num_threads(args.torch_threads)
 
     # TRY NOT TO MODIFY: env setup (SAME_STEP autoreset keeps the true last observation in infos["final_obs"])
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(env_id, args.seed + i, i, args.capture_video, run_name) for i in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
-    eval_envs = gym.vector.SyncVectorEnv(
-        [make_env(env_id, args.seed + 10_000 + i, i, False, run_name) for i in range(args.eval_episodes)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-    )
+    train_video, eval_video = args.capture_video and not args.eval_only, args.capture_video and args.eval_only
+    envs = gym.vector.SyncVectorEnv([make_env(env_id, args.seed + i, i, train_video, run_name)
+                                     for i in range(args.num_envs)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    eval_envs = gym.vector.SyncVectorEnv([make_env(env_id, args.seed + 10_000 + i, i, eval_video, f"{run_name}__eval")
+                                          for i in range(args.eval_episodes)], autoreset_mode=envs.autoreset_mode)
     envs.action_space.seed(args.seed)
     obs, _ = envs.reset(seed=args.seed)
     obs_dim, act_dim = envs.single_observation_space.shape[0], envs.single_action_space.shape[0]
@@ -543,7 +783,7 @@ if __name__ == "__main__":
     # ALGO LOGIC: networks, optimizers, alpha, L_g time weights
     actor = DiffusionActor(obs_dim, act_dim, args.hidden_dim, args.num_layers, args.diffusion_steps).to(device)
     critic = CriticEnsemble([Critic(obs_dim, act_dim, args.hidden_dim, args.num_layers)
-                             for _ in range(args.num_critics)]).to(device)  # fmt: skip
+                             for _ in range(args.num_critics)]).to(device)
     critic_target = copy.deepcopy(critic).requires_grad_(False)
     q_optimizer = torch.optim.Adam(critic.parameters(), lr=args.q_lr, fused=True)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.policy_lr, fused=True)
@@ -556,77 +796,108 @@ if __name__ == "__main__":
     rb = ReplayBuffer(args.buffer_size, obs_dim, act_dim, device)
     iteration, start_step = 0, 0
 
-    # TRY NOT TO MODIFY: resume, logging, checkpoints
+    # TRY NOT TO MODIFY: resume, evaluation only, compile, logging, checkpoints
     modules = {"actor": actor, "critic": critic, "critic_target": critic_target, "actor_optimizer": actor_optimizer,
-               "q_optimizer": q_optimizer, "alpha_optimizer": alpha_optimizer}  # fmt: skip
-    if checkpoint:
-        learning_rates = {"q_optimizer": args.q_lr, "actor_optimizer": args.policy_lr, "alpha_optimizer": args.alpha_lr}
-        tensors = {"log_alpha": log_alpha, "omega": omega, "entropy": entropy}  # copied in place
-        utils.load_state(checkpoint, {**modules, **tensors}, learning_rates)  # the learning rates given now apply
+               "q_optimizer": q_optimizer, "alpha_optimizer": alpha_optimizer}
+    if checkpoint:  # networks, optimizers, tensors (in place); the learning rates given now replace the saved ones
+        try:
+            for name, module in modules.items():
+                module.load_state_dict(checkpoint[name])
+            with torch.no_grad():
+                log_alpha.copy_(checkpoint["log_alpha"]), omega.copy_(checkpoint["omega"])
+                entropy.copy_(checkpoint["entropy"])
+        except (RuntimeError, ValueError, KeyError):
+            fail("--resume: the checkpoint's networks do not match these arguments (--hidden-dim, --num-layers, "
+                 "--num-critics) or this version of the script")
+        for optimizer, lr in (q_optimizer, args.q_lr), (actor_optimizer, args.policy_lr), (alpha_optimizer,
+                                                                                             args.alpha_lr):
+            optimizer.param_groups[0]["lr"] = lr
         iteration, start_step = checkpoint["iteration"], checkpoint["global_step"]
-        obs = utils.set_random_state(checkpoint["random_state"], envs, obs)
+    if args.eval_only:  # the returns of --eval-episodes episodes (and paper Fig. 2 on Multi-goal) into eval.json
+        returns, step = evaluate(actor, eval_envs, device, args.seed), checkpoint["global_step"] if checkpoint else 0
+        policy = f"{args.resume} (step {step})" if checkpoint else f"the untrained network of --seed {args.seed}"
+        print(f"{policy} on {env_id}: eval/episodic_return {returns.mean():.2f} ± {returns.std():.2f} over "
+              f"{len(returns)} episodes: {', '.join(f'{r:.2f}' for r in returns)}")
+        out = Path(args.eval_dir or (Path(args.resume).with_name(Path(args.resume).stem + "_eval") if checkpoint
+                                     else f"runs/{run_name}"))
+        result = {"checkpoint": args.resume, "script": SCRIPT, "script_sha256": SCRIPT_SHA256, "env_id": env_id,
+                  "global_step": step, "seed": args.seed, "returns": returns.tolist(), "mean": returns.mean(),
+                  "std": returns.std()}
+        if task == "MultiGoal":
+            title = f"{args.exp_name} seed {args.seed}, step {step}" + ("" if checkpoint else ", untrained")
+            metrics, paths = multigoal_evaluation(actor, eval_envs.envs[0], out / "multimodality.png", args.seed, title)
+            result |= {"num_goals": len(metrics["hit_counts"]), "multimodality": metrics,
+                       "trajectories": [path.tolist() for path in paths]}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.json").write_text(json.dumps(result) + "\n")
+        print(f"results: {out / 'eval.json'}")
+        sys.exit(0)
+    if checkpoint:
+        obs = set_random_state(checkpoint["random_state"], envs, obs)
         if "buffer" in checkpoint:
             rb.load_state_dict(checkpoint["buffer"])
-        message = "with its replay buffer" if "buffer" in checkpoint else "the replay buffer is refilled first"
-        print(f"resuming {run_name} at step {start_step} (iteration {iteration}); {message}")
+        print(f"resuming {run_name} at step {start_step} (iteration {iteration}); "
+              + ("with its replay buffer" if "buffer" in checkpoint else "the replay buffer is refilled first"))
     alpha = log_alpha.detach().exp()
-    critic_loss_fn, actor_loss_fn = critic_loss, actor_loss
-    if args.compile:
-        critic_loss_fn, actor_loss_fn = utils.compile_functions(actor, device, critic_loss, actor_loss)
-    if args.track:
-        import wandb
-
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=vars(args), name=run_name, save_code=True)  # fmt: skip
+    update_critics, update_actor, act = critic_objective, actor_objective, policy_action
+    if args.compile:  # torch.compile of the functions by name (as LeanRL does): whatever they call is compiled too
+        import torch._inductor.config
+        torch._inductor.config.fallback_random = True  # torch's own random streams: the same numbers as eagerly
+        torch._inductor.config.cpp_wrapper = device.type == "cpu"  # less Python per call of the small CPU graphs
+        update_critics, update_actor = torch.compile(critic_objective), torch.compile(actor_objective)
+        act = torch.compile(policy_action, dynamic=False)  # one graph per batch size: acting's and the GMM's
+        try:  # compile acting now, so that a machine without a working compiler says so here, in one line
+            with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                act(actor, torch.as_tensor(obs, dtype=torch.float32, device=device), alpha, args.noise_scale)
+        except Exception as e:
+            print(f"--compile: torch.compile does not work here ({error_summary(e)}); everything runs eagerly")
+            update_critics, update_actor, act = critic_objective, actor_objective, policy_action
     writer = SummaryWriter(f"runs/{run_name}", purge_step=start_step if checkpoint else None)  # drop points after it
     hparams = {**vars(args), "env_id": env_id, "env_id_requested": args.env_id, "q_grad_coef": q_grad_coef}
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in hparams.items()))
-    timer, start_time, last_eval, logged = utils.UpdateTimer(device), time.time(), float("nan"), {}
-    steps_done, checkpoint_path = start_step, f"runs/{run_name}/{args.exp_name}.pt"
-
-    last_step = start_step + max(0, math.ceil((args.total_timesteps - start_step) / args.num_envs)) * args.num_envs
+    timer, start_time, last_eval, logged = UpdateTimer(device), time.time(), float("nan"), {}
+    checkpoint_path = f"runs/{run_name}/{args.exp_name}.pt"
+    last_step = start_step + math.ceil((args.total_timesteps - start_step) / args.num_envs) * args.num_envs
     if rb.size + last_step - start_step < args.learning_starts:  # updates start once the buffer holds the warm-up
         print(f"--total-timesteps {args.total_timesteps} ends within its warm-up (--learning-starts "
               f"{args.learning_starts}): this run does no gradient update and no evaluation")
     phase = "warm-up" if rb.size < args.learning_starts else "training"
     progress = tqdm(total=args.total_timesteps, initial=start_step, desc=phase, unit=" steps", unit_scale=True,
-                    dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)  # fmt: skip
+                    dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
     episode_return = float("nan")
 
     def diverged(what):
         progress.close()
         kept = f"the last good checkpoint is {checkpoint_path}" if os.path.exists(checkpoint_path) else "no checkpoint"
-        print(f"error: {what} at iteration {iteration} (step {steps_done}): training diverged; {kept}", file=sys.stderr)
+        print(f"error: {what} at iteration {iteration}: training diverged; {kept}", file=sys.stderr)
         writer.close()
         sys.exit(3)
 
-    def write_checkpoint():
-        """Everything needed to continue exactly; diverged weights never replace the last good checkpoint."""
+    def write_checkpoint(env_steps):
+        """Everything to continue exactly from env_steps (tensors and plain data); never a diverged network's."""
         for name, p in [*actor.named_parameters(), *critic.named_parameters(), ("log_alpha", log_alpha)]:
             if not torch.isfinite(p).all():
                 diverged(f"non-finite parameter {name}")
-        utils.save_checkpoint(checkpoint_path, {
+        save_checkpoint(checkpoint_path, {
             **{name: module.state_dict() for name, module in modules.items()}, "log_alpha": log_alpha.detach().cpu(),
-            "omega": omega.cpu(), "entropy": entropy.cpu(), "iteration": iteration, "global_step": steps_done,
-            "run_name": run_name, "args": asdict(args), "random_state": utils.random_state(envs, obs),
+            "omega": omega.cpu(), "entropy": entropy.cpu(), "iteration": iteration,
+            "global_step": env_steps, "run_name": run_name, "args": asdict(args),
+            "script": SCRIPT, "script_sha256": SCRIPT_SHA256, "random_state": random_state(envs, obs),
             **({"buffer": rb.state_dict()} if args.checkpoint_buffer else {}),
-        })  # fmt: skip
+        })
 
-    # TRY NOT TO MODIFY: start the game
+    # TRY NOT TO MODIFY: start the game; global_step: the env steps (all envs) before this vector step
     for global_step in range(start_step, args.total_timesteps, args.num_envs):
-        if stop_signal:
-            break
         # ALGO LOGIC: put action logic here (uniform random actions for the first --learning-starts steps)
         if global_step < args.learning_starts:
             actions = envs.action_space.sample()
         else:
             with torch.no_grad():
                 obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
-                actions = explore(actor, obs_t, alpha, args.noise_scale).cpu().numpy()
+                actions = act(actor, obs_t, alpha, args.noise_scale).cpu().numpy()
 
         # TRY NOT TO MODIFY: execute the game and log data.
         next_obs, rewards, terminations, truncations, infos = envs.step(actions)
-        steps_done = global_step + args.num_envs
         progress.update(args.num_envs)
         if "final_info" in infos:
             for i in np.flatnonzero(infos["final_info"]["_episode"]):
@@ -644,82 +915,85 @@ if __name__ == "__main__":
         obs = next_obs
 
         # ALGO LOGIC: training, one update per vector step: critics every iteration, actor every policy_frequency
-        if rb.size < args.learning_starts:
-            continue
-        if phase == "warm-up":
-            phase = "training"
-            progress.set_description(phase)
-            tqdm.write(f"warm-up done at step {steps_done}: training")
-        timer.mark()
-        batch = rb.sample(args.batch_size)
-        qf_losses, mu, omega = critic_loss_fn(actor, critic, critic_target, batch, omega, alpha, args)
-        q_optimizer.zero_grad(set_to_none=True)
-        qf_losses.sum().backward()
-        q_optimizer.step()
+        if rb.size >= args.learning_starts:
+            if phase == "warm-up":
+                phase = "training"
+                progress.set_description(phase)
+                tqdm.write(f"warm-up done at step {global_step + args.num_envs}: training")
+            timer.mark()
+            batch = rb.sample(args.batch_size)
+            qf_losses, mu, omega = update_critics(actor, critic, critic_target, batch, omega, alpha, args)
+            q_optimizer.zero_grad(set_to_none=True)
+            qf_losses.sum().backward()
+            q_optimizer.step()
 
-        if iteration % args.alpha_update_frequency == 0:  # entropy regulator: L_alpha = log alpha (H - H_target)
-            entropy = estimate_entropy(actor, batch[0], alpha, args.noise_scale, args.gmm_samples, args.gmm_components)
-            alpha_loss = log_alpha * (entropy - target_entropy)
-            alpha_optimizer.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            alpha_optimizer.step()
-            alpha = log_alpha.detach().exp()
-            logged["losses/alpha_loss"] = alpha_loss.detach()
+            if iteration % args.alpha_update_frequency == 0:  # entropy regulator: L_alpha = log alpha (H - H_target)
+                entropy = estimate_entropy(actor, batch[0], alpha, args.noise_scale, args.gmm_samples,
+                                           args.gmm_components, act)
+                alpha_loss = log_alpha * (entropy - target_entropy)
+                alpha_optimizer.zero_grad(set_to_none=True)
+                alpha_loss.backward()
+                alpha_optimizer.step()
+                alpha = log_alpha.detach().exp()
+                logged["losses/alpha_loss"] = alpha_loss.detach()
 
-        if iteration % args.policy_frequency == 0:
-            critic.requires_grad_(False)  # the actor step optimises theta only
-            loss, g_loss = actor_loss_fn(actor, critic, batch[0], alpha, q_grad_weights, q_grad_coef, args)
-            actor_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            actor_optimizer.step()
-            critic.requires_grad_(True)
-            logged["losses/actor_loss"] = loss.detach()
-            if q_grad_coef > 0:
-                logged["losses/q_grad_loss"] = g_loss.detach()
-            with torch.no_grad():  # target critics follow only on policy iterations (DACER)
-                for p, p_target in zip(critic.parameters(), critic_target.parameters()):
-                    p_target.lerp_(p, args.tau)
-        timer.mark()
-        iteration += 1
+            if iteration % args.policy_frequency == 0:
+                critic.requires_grad_(False)  # the actor step optimises theta only
+                loss, g_loss = update_actor(actor, critic, batch[0], alpha, q_grad_weights, q_grad_coef, args)
+                actor_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                actor_optimizer.step()
+                critic.requires_grad_(True)
+                logged["losses/actor_loss"] = loss.detach()
+                if q_grad_coef > 0:
+                    logged["losses/q_grad_loss"] = g_loss.detach()
+                with torch.no_grad():  # target critics follow only on policy iterations (DACER)
+                    for p, p_target in zip(critic.parameters(), critic_target.parameters()):
+                        p_target.lerp_(p, args.tau)
+            timer.mark()
+            iteration += 1
 
-        if iteration % args.log_frequency == 0:
-            for i in range(args.num_critics):
-                logged |= {f"losses/qf{i + 1}_loss": qf_losses[i], f"losses/qf{i + 1}_values": mu[i].mean()}
-            logged |= {"losses/qf_loss": qf_losses.mean(), "losses/alpha": alpha, "charts/entropy": entropy}
-            values = torch.stack([v.detach().float().reshape(()) for v in logged.values()]).tolist()  # one host sync
-            for tag, value in zip(logged, values):
-                if not math.isfinite(value):
-                    diverged(f"non-finite {tag}")
-                writer.add_scalar(tag, value, global_step)
-            writer.add_scalar("charts/update_ms", timer.mean_ms(), global_step)
-            writer.add_scalar("charts/SPS", int((steps_done - start_step) / (time.time() - start_time)), global_step)
-            progress.set_postfix_str(f"last eval {last_eval:.1f}, last episode {episode_return:.1f}", refresh=False)
-        if iteration % args.eval_frequency == 0 or steps_done >= args.total_timesteps:  # periodic and final
-            last_eval = evaluate(actor, eval_envs, device, seed=args.seed + 10_000 + iteration)
-            writer.add_scalar("eval/episodic_return", last_eval, global_step)
-            progress.set_postfix_str(f"last eval {last_eval:.1f}, last episode {episode_return:.1f}", refresh=False)
-            tqdm.write(f"global_step={global_step}, iteration={iteration}, eval/episodic_return={last_eval:.2f}")
-        if args.checkpoint_frequency and iteration % args.checkpoint_frequency == 0:
-            write_checkpoint()
+            if iteration % args.log_frequency == 0:
+                for i in range(args.num_critics):
+                    logged |= {f"losses/qf{i + 1}_loss": qf_losses[i], f"losses/qf{i + 1}_values": mu[i].mean()}
+                logged |= {"losses/qf_loss": qf_losses.mean(), "losses/alpha": alpha, "charts/entropy": entropy}
+                values = torch.stack([v.detach().float().reshape(()) for v in logged.values()]).tolist()  # one sync
+                for tag, value in zip(logged, values):
+                    if not math.isfinite(value):
+                        diverged(f"non-finite {tag}")
+                    writer.add_scalar(tag, value, global_step)
+                writer.add_scalar("charts/update_ms", timer.mean_ms(), global_step)
+                sps = int((global_step + args.num_envs - start_step) / (time.time() - start_time))
+                writer.add_scalar("charts/SPS", sps, global_step)
+                progress.set_postfix_str(f"last eval {last_eval:.1f}, last episode {episode_return:.1f}", refresh=False)
+            if iteration % args.eval_frequency == 0 or global_step + args.num_envs >= args.total_timesteps:
+                last_eval = evaluate(actor, eval_envs, device, seed=args.seed + 10_000 + iteration).mean()
+                writer.add_scalar("eval/episodic_return", last_eval, global_step)
+                progress.set_postfix_str(f"last eval {last_eval:.1f}, last episode {episode_return:.1f}", refresh=False)
+                tqdm.write(f"global_step={global_step}, iteration={iteration}, eval/episodic_return={last_eval:.2f}")
+            if args.checkpoint_frequency and iteration % args.checkpoint_frequency == 0:
+                write_checkpoint(global_step + args.num_envs)
+        if stop_signals:
+            break
 
     progress.close()
-    if task == "MultiGoal" and not stop_signal:  # paper Fig. 2: 100 stochastic trajectories from the origin
+    global_step += args.num_envs  # the env steps taken
+    if task == "MultiGoal" and not stop_signals:  # paper Fig. 2: 100 stochastic trajectories from the origin
         import multigoal_env
-
-        title = f"{args.exp_name} seed {args.seed}, step {steps_done}" + (", untrained" if iteration == 0 else "")
+        title = f"{args.exp_name} seed {args.seed}, step {global_step}" + (", untrained" if iteration == 0 else "")
         if iteration == 0:
             print("the policy is untrained (no gradient update ran): its multimodality below is not a result")
-        num_goals = envs.envs[0].unwrapped.num_goals
-        multigoal_env.report_multimodality(actor, num_goals, f"runs/{run_name}/multimodality.png", writer, steps_done,
-                                           seed=args.seed, title=title)  # fmt: skip
-    if args.save_model or stop_signal:
-        write_checkpoint()
+        metrics, _ = multigoal_evaluation(actor, envs.envs[0], f"runs/{run_name}/multimodality.png", args.seed, title)
+        for key, tag in multigoal_env.METRIC_TAGS.items():
+            writer.add_scalar(tag, metrics[key], global_step)
+    if args.save_model or stop_signals:
+        write_checkpoint(global_step)
         command = shlex.join([sys.executable, sys.argv[0], "--resume", checkpoint_path])
         print(f"checkpoint saved to {checkpoint_path}; continue with: {command}"
-              + ("" if stop_signal else " --total-timesteps N"))  # fmt: skip
+              + ("" if stop_signals else " --total-timesteps N"))
     envs.close()
     eval_envs.close()
     writer.close()
-    if stop_signal:
-        print(f"stopped by {signal.Signals(stop_signal).name} at step {steps_done}")
-        sys.exit(128 + stop_signal)
+    if stop_signals:
+        print(f"stopped by {signal.Signals(stop_signals[0]).name} at step {global_step}")
+        sys.exit(128 + stop_signals[0])

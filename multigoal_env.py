@@ -1,8 +1,5 @@
-# Multi-goal 2-D point environment and multimodality evaluation (paper Fig. 2); docs in README "Implementation details"
-# Command line: python multigoal_env.py CHECKPOINT [--out PNG] [--json PATH] evaluates a training checkpoint.
-import argparse
-import json
-import sys
+# Multi-goal 2-D point environment and its multimodality metrics (paper Fig. 2); docs in README "Implementation details"
+# Evaluate a checkpoint with its own script: python dacerv2_continuous.py --eval-only --resume CHECKPOINT
 from pathlib import Path
 
 import gymnasium as gym
@@ -20,7 +17,7 @@ MAX_EPISODE_STEPS = 100  # horizon of the registered ids (truncation)
 LEVEL_SIGMA = 1.7  # width of the Gaussian bumps drawn as level curves (visual only)
 VALID_NUM_GOALS = (4, 5, 6)
 ENV_NUM_GOALS = {"MultiGoal-v0": 4, "MultiGoal4-v0": 4, "MultiGoal5-v0": 5, "MultiGoal6-v0": 6}  # registered ids
-# TensorBoard tags of `report_multimodality`, by key of the `multimodality_metrics` dict
+# TensorBoard tags of the training script's final multimodality evaluation, by key of `multimodality_metrics`
 METRIC_TAGS = {
     "goals_reached": "eval/goals_reached",
     "goals_reached_fraction": "eval/goals_reached_fraction",
@@ -250,39 +247,15 @@ def plot_trajectories(trajectories, num_goals, path=None, title=None, ax=None):
     return ax
 
 
-def actor_policy(actor, seed=0):
-    """Wrap a `DiffusionActor` as a numpy policy: its stochastic evaluation action (README: Implementation details).
-
-    Every call runs the reverse chain `actor.sample` on fresh noise, drawn from a CPU torch generator seeded with
-    `seed` (so a whole evaluation is reproducible), with no lambda * alpha exploration noise. Observations and actions
-    are numpy arrays; the network runs on the device of the actor's parameters, without gradients.
-    """
-    import torch
-
-    device = next(actor.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-
-    def policy(obs):
-        obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
-        with torch.no_grad():
-            actions = actor.sample(obs, noise=actor.draw_noise(obs, generator).to(device))
-        return actions.cpu().numpy()
-
-    return policy
-
-
-def evaluate_policy(policy, num_goals, num_trajectories=100, seed=0):
+def evaluate_policy(policy, num_goals, num_trajectories=100):
     """The multimodality protocol of paper Sec. 4.1 / Fig. 2: episodes from exactly the origin, 100-step horizon.
 
-    `policy` is either a `DiffusionActor` (anything with a `sample` method), evaluated through
-    `actor_policy(policy, seed)`, or a numpy callable as for `rollout_trajectories`, which brings its own
-    randomness (`seed` is then not used: every trajectory starts at the origin).
-    Returns (trajectories, goal_hits, metrics) as given by `rollout_trajectories` and `multimodality_metrics`.
+    `policy` is a numpy callable as for `rollout_trajectories`, which brings its own randomness (dacerv2_continuous.py
+    makes one of its actor with its `multigoal_policy`). Returns (trajectories, goal_hits, metrics) as given by
+    `rollout_trajectories` and `multimodality_metrics`.
     """
-    if hasattr(policy, "sample"):
-        policy = actor_policy(policy, seed)
     trajectories, goal_hits, returns = rollout_trajectories(policy, num_goals, num_trajectories,
-                                                            max_steps=MAX_EPISODE_STEPS)  # fmt: skip
+                                                            max_steps=MAX_EPISODE_STEPS)
     return trajectories, goal_hits, multimodality_metrics(goal_hits, num_goals, trajectories, returns)
 
 
@@ -302,136 +275,18 @@ def random_policy(seed=0):
     return lambda obs: rng.uniform(-1.0, 1.0, size=(len(obs), 2))
 
 
-def build_actor(train_args):
-    """A CPU `DiffusionActor` with the sizes of a training run's arguments (2-D states and actions)."""
-    import dacerv2_continuous as dacer
-
-    return dacer.DiffusionActor(2, 2, train_args["hidden_dim"], train_args["num_layers"], train_args["diffusion_steps"])
-
-
-def untrained_actor(train_args):
-    """The network a training run with these arguments starts from: the script seeds torch with --seed and builds the
-    actor first (a reference row of every multimodality table: the same evaluation, no learning)."""
-    import torch
-
-    with torch.random.fork_rng():
-        torch.manual_seed(train_args["seed"])
-        return build_actor(train_args)
-
-
-def report_multimodality(actor, num_goals, out_png, writer=None, step=0, seed=0, title=None, num_trajectories=100):
-    """Evaluate `actor` with `evaluate_policy`, print one summary line, log and plot it; return the metrics dict.
-
-    With a TensorBoard `writer` the scalars of METRIC_TAGS are logged at `step`. The trajectory figure is saved to
-    `out_png` (its folder is created); its title is `title` (if given) above a line with k/N and the uniformity.
-    """
-    trajectories, _, metrics = evaluate_policy(actor, num_goals, num_trajectories, seed)
-    label = f" [{title}]" if title else ""
-    summary = metrics_summary(metrics, num_goals)
+def report(policy, num_goals, out_png, title=None, num_trajectories=100):
+    """Evaluate `policy` with `evaluate_policy`, print one summary line and save the trajectory figure to `out_png`
+    (its folder is created; its title is `title`, if given, above a line with k/N and the uniformity). Returns the
+    metrics dict and the trajectories."""
+    trajectories, _, metrics = evaluate_policy(policy, num_goals, num_trajectories)
+    label, summary = f" [{title}]" if title else "", metrics_summary(metrics, num_goals)
     print(f"multimodality{label} ({num_trajectories} trajectories from the origin): {summary}")
-    if writer is not None:
-        for key, tag in METRIC_TAGS.items():
-            writer.add_scalar(tag, metrics[key], step)
     reached, uniformity = metrics["goals_reached"], metrics["uniformity"]
     heading = f"{num_goals} goals: {reached}/{num_goals} reached, uniformity {uniformity:.2f}"
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)
     plot_trajectories(trajectories, num_goals, out_png, title=heading if title is None else f"{title}\n{heading}")
-    return metrics
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be evaluated; the message is one line for the user."""
-
-
-def load_actor(path):
-    """Load a checkpoint of dacerv2_continuous.py trained on a multi-goal env; return (actor, num_goals, checkpoint).
-
-    The actor is a CPU `DiffusionActor` with the checkpoint's weights; N comes from the checkpoint's env id
-    (ENV_NUM_GOALS). Raises CheckpointError if the file is missing, unreadable, not such a checkpoint or of another env.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no such checkpoint file {str(path)!r}")
-    import torch
-
-    from dacerv2_utils import error_summary
-
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated, not a torch file, or objects weights_only refuses
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r} ({error_summary(error, 100)})") from None
-    if not isinstance(checkpoint, dict) or "actor" not in checkpoint or not isinstance(checkpoint.get("args"), dict):
-        raise CheckpointError(f"{str(path)!r} is not a checkpoint of dacerv2_continuous.py (no 'actor' and 'args')")
-    args = checkpoint["args"]
-    num_goals = ENV_NUM_GOALS.get(args.get("env_id"))
-    if num_goals is None:
-        raise CheckpointError(
-            f"{str(path)!r} was trained on {args.get('env_id')!r}, not a multi-goal env ({', '.join(ENV_NUM_GOALS)})"
-        )
-    try:
-        actor = build_actor(args)
-        actor.load_state_dict(checkpoint["actor"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:  # missing sizes or mismatching weights
-        message = f"cannot build the actor of {str(path)!r} ({error_summary(error, 100)})"
-        raise CheckpointError(message) from None
-    return actor, num_goals, checkpoint
-
-
-def main(argv=None):
-    """Command line: evaluate one checkpoint, save the figure, optionally write JSON and TensorBoard scalars."""
-    parser = argparse.ArgumentParser(
-        prog="multigoal_env.py",
-        description="Multimodality of a checkpoint of dacerv2_continuous.py on a multi-goal env (paper Fig. 2): "
-        "trajectories of its stochastic policy from the origin, goals reached, success rate, coverage uniformity.",
-    )
-    parser.add_argument("checkpoint", type=Path, help="a checkpoint written with --save-model, runs/RUN/EXP.pt")
-    parser.add_argument("--out", type=Path, help="the trajectory figure (default: STEM_multimodality.png beside the "
-                        "checkpoint STEM.pt; the training run's own multimodality.png stays)")
-    parser.add_argument("--num-trajectories", type=int, default=100, help="the number of trajectories (default: 100)")
-    parser.add_argument("--seed", type=int, default=0, help="the seed of the policy's noise (default: 0)")
-    parser.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
-    parser.add_argument(
-        "--tensorboard",
-        action="store_true",
-        help="also log the eval/ scalars to the checkpoint's folder (its run's TensorBoard folder) at its global_step",
-    )
-    args = parser.parse_args(argv)
-    if args.num_trajectories < 1:
-        parser.error(f"--num-trajectories must be positive, got {args.num_trajectories}")
-    try:
-        actor, num_goals, checkpoint = load_actor(args.checkpoint)
-    except CheckpointError as error:
-        print(f"multigoal_env.py: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    import torch
-
-    torch.set_num_threads(1)  # tiny batches through small networks: one thread is fastest, also on busy cores
-    out_png = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}_multimodality.png")
-    train_args, step = checkpoint["args"], int(checkpoint.get("global_step", 0))
-    writer = None
-    if args.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(args.checkpoint.parent))
-    title = f"{train_args.get('exp_name', '?')} seed {train_args.get('seed', '?')}, step {step}"
-    metrics = report_multimodality(actor, num_goals, out_png, writer, step, args.seed, title, args.num_trajectories)
-    if writer is not None:
-        writer.close()
-    print(f"figure: {out_png}")
-    if args.json:
-        record = {
-            "checkpoint": str(args.checkpoint),
-            "run_name": checkpoint.get("run_name"),
-            "env_id": train_args["env_id"],
-            "global_step": step,
-            "num_goals": num_goals,
-            "num_trajectories": args.num_trajectories,
-            "seed": args.seed,
-            "figure": str(out_png),
-            **metrics,
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(record, indent=2) + "\n")
+    return metrics, trajectories
 
 
 def _register_envs():
@@ -447,6 +302,3 @@ def _register_envs():
 
 
 _register_envs()
-
-if __name__ == "__main__":
-    main()

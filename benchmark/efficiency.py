@@ -8,9 +8,9 @@ Usage: python benchmark/efficiency.py [--env-id Hopper-v4] [--device cpu|cuda] [
 The algorithms take turns over --rounds rounds (each round measures every algorithm once, in the same order) and
 each figure is the median over all rounds: on a shared machine whose speed drifts, every algorithm sees the same
 slow and fast spells, so the ratios stay meaningful. --baseline adds the same rows for another version of the
-training script (e.g. `git show REV:dacerv2_continuous.py > DIR/old.py`, and for a revision that has it,
-`git show REV:dacerv2_utils.py > DIR/dacerv2_utils.py`, which the copy then imports instead of this repository's),
-measured in the same turns: a speed-up or a regression as a ratio from one run.
+training script (e.g. `git show REV:dacerv2_continuous.py > DIR/old.py`; a revision that had its plumbing in
+dacerv2_utils.py, fe5a4ab and earlier, needs that file beside the copy too: `git show REV:dacerv2_utils.py >
+DIR/dacerv2_utils.py`), measured in the same turns: a speed-up or a regression as a ratio from one run.
 
 - Training: the real training loop. dacerv2_continuous.py runs in a subprocess (in a temporary folder) with
   --log-frequency 2, and its `charts/update_ms` points are read back from the event file. Each point is the mean wall
@@ -18,14 +18,20 @@ measured in the same turns: a speed-up or a regression as a ratio from one run.
   actor and target updates; env stepping excluded). The first points (warm-up; iteration 0 also runs the GMM entropy
   estimate) are dropped; the median over the rest is reported.
 - Inference: `DiffusionActor.sample` on one state under torch.no_grad(), the function that acting and evaluation
-  call; INFER_CALLS calls per round after INFER_WARMUP warm-up calls.
+  call; INFER_CALLS calls per round after INFER_WARMUP warm-up calls. With --compile, every row's sampler (ours and
+  --baseline's alike) runs as an AOTInductor package (export_sampler: for deployment, without torch.compile's guards
+  and Python wrapper), its random numbers drawn eagerly by `draw_noise` in the timed call.
 - GMM entropy estimate: `estimate_entropy` on a batch of states with the script's defaults (256 states x 200
   actions x 3 components); ENTROPY_REPEATS calls per round after one warm-up call. It runs every
-  --alpha-update-frequency iterations in training and is not part of the training time above.
+  --alpha-update-frequency iterations in training and is not part of the training time above. With --compile, as
+  in the script's --compile: its action function is `torch.compile(policy_action, dynamic=False)` (a --baseline of
+  an older revision: what its own --compile wiring did, compile_functions or compile_sampler).
 """
 
 import argparse
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import platform
@@ -35,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,10 +49,10 @@ sys.path.insert(0, str(REPO))
 
 import gymnasium as gym  # noqa: E402
 import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 import dacerv2_continuous as dacer  # noqa: E402
-import dacerv2_utils as utils  # noqa: E402
 
 SCRIPT = REPO / "dacerv2_continuous.py"
 DEFAULTS = dacer.Args()  # batch size, GMM sizes, noise scale, initial alpha and alpha interval of the script
@@ -67,7 +74,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors (exit status 2) like the training script's."""
 
     def error(self, message):
-        utils.fail(f"{message} (see --help)")
+        dacer.fail(f"{message} (see --help)")
 
 
 def parse_args():
@@ -79,8 +86,8 @@ def parse_args():
         "--iterations", type=int, default=400, help="training iterations measured after the warm-up (default: 400)"
     )
     parser.add_argument(
-        "--compile", action="store_true", help="run with the script's --compile (the losses through torch.compile; "
-        "on the CPU an AOTInductor package for the sampler's calls without gradient)",
+        "--compile", action="store_true", help="the training runs with the script's --compile (torch.compile), "
+        "inference through an AOTInductor package of the sampler, the GMM estimate with torch.compile",
     )
     parser.add_argument(
         "--eager-baseline", action="store_true", help="with --compile: the --baseline rows stay eager",
@@ -101,32 +108,32 @@ def parse_args():
     )
     args = parser.parse_args()
     if args.iterations < 2 or args.iterations % LOG_FREQUENCY:
-        utils.fail(f"--iterations must be an even number >= 2 (one log point per 2 iterations), got {args.iterations}")
+        dacer.fail(f"--iterations must be an even number >= 2 (one log point per 2 iterations), got {args.iterations}")
     for name in ("rounds", "threads", "hidden_dim", "num_layers"):
         if getattr(args, name) < 1:
-            utils.fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+            dacer.fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.baseline is not None and not Path(args.baseline).is_file():
-        utils.fail(f"--baseline: no such file {args.baseline!r}")
+        dacer.fail(f"--baseline: no such file {args.baseline!r}")
     if shutil.which(args.python) is None:
-        utils.fail(f"--python: no such interpreter {args.python!r}")
+        dacer.fail(f"--python: no such interpreter {args.python!r}")
     for option in ("json", "markdown"):
         path = getattr(args, option)
         if path is not None and not Path(path).resolve().parent.is_dir():
-            utils.fail(f"--{option}: the folder of {path!r} does not exist")
+            dacer.fail(f"--{option}: the folder of {path!r} does not exist")
     if args.device == "cuda" and not torch.cuda.is_available():
-        utils.fail("--device cuda: no CUDA device is available to this torch (use --device cpu)")
+        dacer.fail("--device cuda: no CUDA device is available to this torch (use --device cpu)")
     return args
 
 
 def env_dims(env_id):
     """The env id the script runs (paper -v3 ids become -v4), its observation and action sizes and a first state."""
-    env_id = utils.resolve_env_id(env_id)
+    env_id = dacer.resolve_env_id(env_id)
     try:
         env = gym.make(env_id)
     except Exception as e:  # e.g. a missing optional dependency of the env
-        utils.fail(f"cannot make {env_id}: {utils.error_summary(e, 150)}")
+        dacer.fail(f"cannot make {env_id}: {dacer.error_summary(e, 150)}")
     if not (isinstance(env.observation_space, gym.spaces.Box) and isinstance(env.action_space, gym.spaces.Box)):
-        utils.fail(f"{env_id}: DACERv2 needs Box observation and action spaces")
+        dacer.fail(f"{env_id}: DACERv2 needs Box observation and action spaces")
     obs, _ = env.reset(seed=0)
     env.close()
     return env_id, env.observation_space.shape[0], env.action_space.shape[0], obs
@@ -165,9 +172,10 @@ def training_ms(args, env_id, name, script, diffusion_steps, flags):
         "--hidden-dim", str(args.hidden_dim), "--num-layers", str(args.num_layers),
         "--diffusion-steps", str(diffusion_steps), *flags, "--cuda" if args.device == "cuda" else "--no-cuda",
         *(["--compile"] if compiled(args, script) else []),
-    ]  # fmt: skip
+    ]
     with tempfile.TemporaryDirectory(prefix="efficiency-") as folder:
-        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # dacerv2_utils, for a copy
+        # this repository (multigoal_env) for a copy elsewhere; an old revision's dacerv2_utils.py comes from beside it
+        path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         env = {**os.environ, "PYTHONPATH": path}
         result = subprocess.run(command, cwd=folder, capture_output=True, text=True, env=env)
         if result.returncode != 0:
@@ -194,52 +202,140 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
+def export_sampler(actor):
+    """The no-grad sampler as an AOTInductor package (torch.export, then inductor's kernels and C++ wrapper), for
+    deployment: one package for every batch size, with the parameters and buffers as inputs, so that it follows every
+    in-place change of them (each optimizer step), and that runs without torch.compile's guards and Python wrapper.
+    Returns sample(obs, noise), the actor's sample(obs, noise) (noise from actor.draw_noise). Uses the actor's T,
+    obs_dim, act_dim and its class's sample (not an instance's replacement, e.g. an old revision's --compile wiring)."""
+    import torch._inductor
+
+    tensors = dict(actor.named_parameters()) | dict(actor.named_buffers())
+    names, weights = list(tensors), list(tensors.values())
+    device = weights[0].device
+
+    class Sampler(nn.Module):  # actor.sample(obs, noise), with the actor's parameters and buffers as inputs when given
+        def __init__(self):
+            super().__init__()
+            self.actor = actor
+
+        def forward(self, obs, noise, *weights):
+            if not weights:
+                return type(self.actor).sample(self.actor, obs, noise)
+            return torch.func.functional_call(self, {f"actor.{n}": w for n, w in zip(names, weights)}, (obs, noise))
+
+    batch = torch.export.Dim("batch", min=1)  # traced at batch 2: an example batch of 1 would specialise to it
+    example = (torch.zeros(2, actor.obs_dim, device=device), torch.zeros(actor.T, 2, actor.act_dim, device=device),
+               *(w.detach() for w in weights))
+    with torch.no_grad(), warnings.catch_warnings(), tempfile.TemporaryDirectory() as folder:
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own deprecations inside export
+        program = torch.export.export(Sampler(), example,
+                                      dynamic_shapes=({0: batch}, {1: batch}, (None,) * len(weights)))
+        package = torch._inductor.aoti_load_package(
+            torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(folder, "sampler.pt2")))
+    return lambda obs, noise: package(obs, noise, *weights)
+
+
+def samplers(args, rows, actors, device):
+    """The single-state sampler of every row for the inference row: actor.sample, or with --compile (for the rows
+    that compile) export_sampler's package, fed the random numbers that actor.sample would draw."""
+    result = {}
+    for name, _, path, _, _ in rows:
+        actor = actors[name]
+        if not compiled(args, path):
+            result[name] = actor.sample
+            continue
+        try:
+            exported = export_sampler(actor)
+        except Exception as e:
+            print(f"error: --compile: the {name} sampler cannot be exported here ({dacer.error_summary(e, 200)})",
+                  file=sys.stderr)
+            sys.exit(1)
+        result[name] = lambda obs, exported=exported, actor=actor: exported(obs, actor.draw_noise(obs))
+    return result
+
+
 @torch.no_grad()
-def inference_ms(actor, obs, device):
-    """Wall times of actor.sample on one state after the warm-up calls, in ms."""
+def inference_ms(sample, obs, device):
+    """Wall times of sample (a row's actor.sample or its package) on one state after the warm-up calls, in ms."""
     times = []
     for call in range(INFER_WARMUP + INFER_CALLS):
         start = time.perf_counter()
-        actor.sample(obs)
+        sample(obs)
         synchronize(device)
         if call >= INFER_WARMUP:
             times.append(1000 * (time.perf_counter() - start))
     return times
 
 
-def entropy_s(script, actor, obs_batch, device):
-    """Wall times of script's GMM entropy estimate with the script's defaults after one warm-up call, in s."""
+def entropy_s(script, actor, obs_batch, device, act=None):
+    """Wall times of script's GMM entropy estimate with the script's defaults after one warm-up call, in s; act: the
+    action function to pass (a compiled policy_action), None for the script's own."""
     alpha = torch.tensor(DEFAULTS.init_alpha, device=device)
     times = []
     for call in range(1 + ENTROPY_REPEATS):
         start = time.perf_counter()
         script.estimate_entropy(actor, obs_batch, alpha, DEFAULTS.noise_scale, DEFAULTS.gmm_samples,
-                                DEFAULTS.gmm_components)  # fmt: skip
+                                DEFAULTS.gmm_components, **({} if act is None else {"act": act}))
         synchronize(device)
         if call > 0:
             times.append(time.perf_counter() - start)
     return times
 
 
+def import_baseline(path):
+    """The --baseline script as a module. A revision that had its plumbing in dacerv2_utils.py (fe5a4ab and earlier)
+    imports the dacerv2_utils.py beside it (this repository no longer has one), in-process as in its training runs."""
+    own_utils = Path(path).resolve().parent / "dacerv2_utils.py"
+    spec = importlib.util.spec_from_file_location("baseline_script", path)
+    baseline = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = baseline  # as an import would: torch.compile and dataclasses may look it up there
+    before, stderr = sys.modules.get("dacerv2_utils"), io.StringIO()
+    try:
+        if own_utils.is_file():  # its plumbing, for its own import of dacerv2_utils
+            utils_spec = importlib.util.spec_from_file_location("dacerv2_utils", own_utils)
+            sys.modules["dacerv2_utils"] = importlib.util.module_from_spec(utils_spec)
+            utils_spec.loader.exec_module(sys.modules["dacerv2_utils"])
+        with contextlib.redirect_stderr(stderr):
+            spec.loader.exec_module(baseline)
+    except (Exception, SystemExit) as e:  # SystemExit: a script that ends its import with its own error line
+        lines = stderr.getvalue().strip().splitlines() or [f"exit status {getattr(e, 'code', None)}"]
+        what = lines[-1].removeprefix("error: ") if isinstance(e, SystemExit) else dacer.error_summary(e, 100)
+        hint = ("; a revision with dacerv2_utils.py needs that file beside the copy (git show REV:dacerv2_utils.py > "
+                "DIR/dacerv2_utils.py)") if "dacerv2_utils" in what else ""
+        dacer.fail(f"--baseline: cannot import {path!r} ({what}){hint}")
+    finally:
+        if before is None:  # the baseline's dacerv2_utils stays its own: the module keeps it as an attribute
+            sys.modules.pop("dacerv2_utils", None)
+        else:
+            sys.modules["dacerv2_utils"] = before
+    sys.stderr.write(stderr.getvalue())  # what the import printed there, e.g. warnings
+    return baseline
+
+
 def variants(args):
     """(row name, script module, script path, T, flags) of every row: the algorithms, then those of --baseline."""
     rows = [(name, dacer, SCRIPT, steps, flags) for name, steps, flags in ALGORITHMS]
     if args.baseline:
-        spec = importlib.util.spec_from_file_location("baseline_script", args.baseline)
-        baseline = importlib.util.module_from_spec(spec)
-        own_utils = Path(args.baseline).resolve().parent / "dacerv2_utils.py"  # the baseline's plumbing, if beside it
-        try:
-            if own_utils.is_file() and own_utils.parent != REPO:
-                utils_spec = importlib.util.spec_from_file_location("dacerv2_utils", own_utils)
-                sys.modules["dacerv2_utils"] = importlib.util.module_from_spec(utils_spec)
-                utils_spec.loader.exec_module(sys.modules["dacerv2_utils"])
-            spec.loader.exec_module(baseline)
-        except Exception as e:
-            utils.fail(f"--baseline: cannot import {args.baseline!r} ({utils.error_summary(e, 100)})")
-        finally:
-            sys.modules["dacerv2_utils"] = utils  # this version's, for everything else
+        baseline = import_baseline(args.baseline)
         rows += [(f"{name} (baseline)", baseline, args.baseline, steps, flags) for name, steps, flags in ALGORITHMS]
     return rows
+
+
+def entropy_action(args, script, path, actor, device):
+    """The action function of script's GMM estimate with --compile (None: the script's own): the script's own
+    --compile does torch.compile(policy_action, dynamic=False); an older revision (--baseline) had explore and its
+    --compile wiring in compile_functions (in its dacerv2_utils.py, or in the script) or compile_sampler, which
+    replaced actor.sample."""
+    if not compiled(args, path):
+        return None
+    if hasattr(script, "policy_action"):
+        return torch.compile(script.policy_action, dynamic=False)
+    if hasattr(script, "utils") and hasattr(script.utils, "compile_functions"):
+        script.utils.compile_functions(actor, device, script.critic_loss, script.actor_loss)
+    else:
+        (getattr(script, "compile_functions", None) or script.compile_sampler)(actor, device)
+    return None
 
 
 def measure(args, env_id, obs_dim, act_dim, first_obs):
@@ -247,27 +343,30 @@ def measure(args, env_id, obs_dim, act_dim, first_obs):
     device = torch.device(args.device)
     obs = torch.as_tensor(first_obs, dtype=torch.float32, device=device)[None]
     obs_batch = torch.randn(DEFAULTS.batch_size, obs_dim, device=device)
-    rows, actors = variants(args), {}
+    rows, actors, acts = variants(args), {}, {}
     times = {name: {"train": [], "infer": [], "entropy": [], "round_train": []} for name, *_ in rows}
+    if args.compile:  # the script's --compile settings
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fallback_random = True  # torch's own random streams, as eagerly
+        inductor_config.cpp_wrapper = device.type == "cpu"
     for name, script, path, diffusion_steps, _ in rows:
         torch.manual_seed(DEFAULTS.seed)
         actors[name] = script.DiffusionActor(obs_dim, act_dim, args.hidden_dim, args.num_layers, diffusion_steps)
         actors[name].to(device)
-        if compiled(args, path):  # earlier versions (--baseline) had compile_functions or compile_sampler in the script
-            if hasattr(script, "utils"):
-                script.utils.compile_functions(actors[name], device, script.critic_loss, script.actor_loss)
-            else:
-                (getattr(script, "compile_functions", None) or script.compile_sampler)(actors[name], device)
+    sample = samplers(args, rows, actors, device)  # before an old revision's wiring replaces actor.sample
+    for name, script, path, _, _ in rows:
+        acts[name] = entropy_action(args, script, path, actors[name], device)
     for round_ in range(1, args.rounds + 1):
         for name, script, path, diffusion_steps, flags in rows:
             print(f"round {round_}/{args.rounds}, {name}: {WARMUP_ITERATIONS} + {args.iterations} training iterations "
                   f"on {env_id}, {INFER_CALLS} inference calls, {ENTROPY_REPEATS} GMM entropy estimates ...",
-                  file=sys.stderr)  # fmt: skip
+                  file=sys.stderr)
             points = training_ms(args, env_id, name, path, diffusion_steps, flags)
             times[name]["train"] += points
             times[name]["round_train"].append(statistics.median(points))
-            times[name]["infer"] += inference_ms(actors[name], obs, device)
-            times[name]["entropy"] += entropy_s(script, actors[name], obs_batch, device)
+            times[name]["infer"] += inference_ms(sample[name], obs, device)
+            times[name]["entropy"] += entropy_s(script, actors[name], obs_batch, device, acts[name])
     return {
         name.lower(): {
             "name": name,
@@ -286,7 +385,7 @@ def measure(args, env_id, obs_dim, act_dim, first_obs):
 def table_rows(results):
     """Header and one row per algorithm: ours, normalised to DACERv2, then the paper's."""
     header = ["algorithm", "inference ms", "normalised", "training ms/iter", "normalised", "GMM entropy s",
-              "paper inference ms", "normalised", "paper training ms", "normalised"]  # fmt: skip
+              "paper inference ms", "normalised", "paper training ms", "normalised"]
     ours_ref, paper_ref = results["dacerv2"], PAPER_TABLE_1["DACERv2"]
     rows = [header]
     for ours in results.values():
@@ -294,12 +393,12 @@ def table_rows(results):
         if name in PAPER_TABLE_1:
             paper_infer, paper_train = PAPER_TABLE_1[name]
             paper = [f"{paper_infer:.2f}", f"{paper_infer / paper_ref[0]:.2f}x", f"{paper_train:.1f}",
-                     f"{paper_train / paper_ref[1]:.2f}x"]  # fmt: skip
+                     f"{paper_train / paper_ref[1]:.2f}x"]
         rows.append([
             name, f"{ours['infer_ms']:.2f}", f"{ours['infer_ms'] / ours_ref['infer_ms']:.2f}x",
             f"{ours['train_ms']:.2f}", f"{ours['train_ms'] / ours_ref['train_ms']:.2f}x", f"{ours['entropy_s']:.3f}",
             *paper,
-        ])  # fmt: skip
+        ])
     return rows
 
 
@@ -312,10 +411,12 @@ def notes(args, env_id, device_text, results):
         for result in results.values()
     )
     rounds = f"{args.rounds} x "
+    mode = ("--compile (training: the script's --compile; inference: an AOTInductor package of the sampler; GMM "
+            "estimate: torch.compile of its action function)" if args.compile else "eager")
     return [
         f"Environment {env_id}, networks of {args.num_layers} hidden layers of {args.hidden_dim}, batch "
-        f"{DEFAULTS.batch_size}; device: {device_text}; torch {torch.__version__}; sampler "
-        f"{'compiled (--compile)' if args.compile else 'eager'}"
+        f"{DEFAULTS.batch_size}; device: {device_text}; torch {torch.__version__}; "
+        f"{mode}"
         f"{'; the baseline rows eager' if args.compile and args.eager_baseline and args.baseline else ''}. "
         f"Paper: {PAPER_HARDWARE}.",
         f"The algorithms took turns over {args.rounds} round(s); each figure is the median over all of them.",
@@ -325,7 +426,8 @@ def notes(args, env_id, device_text, results):
         f"(batch sampling, critic, alpha, actor, target updates), env stepping excluded. Means: {means}; medians per "
         f"round: {per_round}. DACERv2-1step is DACERv2 with --q-grad-one-step (L_g on one random step per state "
         "instead of all T).",
-        f"Inference ms: median of {rounds}{INFER_CALLS} calls of `DiffusionActor.sample` on a single state.",
+        f"Inference ms: median of {rounds}{INFER_CALLS} calls of `DiffusionActor.sample` on a single state"
+        f"{' (its AOTInductor package, the noise drawn eagerly in the call)' if args.compile else ''}.",
         f"The periodic GMM entropy estimate is excluded from the training time and reported separately "
         f"({DEFAULTS.batch_size} states x {DEFAULTS.gmm_samples} actions x {DEFAULTS.gmm_components} components, "
         f"untrained actor, median of {rounds}{ENTROPY_REPEATS}); run every {DEFAULTS.alpha_update_frequency} "
@@ -349,7 +451,7 @@ def render_markdown(rows):
 def main():
     args = parse_args()
     env_id, obs_dim, act_dim, first_obs = env_dims(args.env_id)
-    utils.keep_freed_memory()
+    dacer.keep_freed_memory()
     torch.set_num_threads(args.threads)
     device_text = describe_device(torch.device(args.device), args.threads)
     results = measure(args, env_id, obs_dim, act_dim, first_obs)
@@ -360,7 +462,7 @@ def main():
         Path(args.markdown).write_text(render_markdown(rows) + "\n\n" + "\n".join(f"- {line}" for line in lines) + "\n")
     if args.json:
         summary = {"device": device_text, "torch": torch.__version__, "env_id": env_id, "threads": args.threads,
-                   "baseline": args.baseline}  # fmt: skip
+                   "baseline": args.baseline}
         summary |= {key: getattr(args, key) for key in ("iterations", "rounds", "hidden_dim", "num_layers", "compile",
                                                       "eager_baseline")}
         Path(args.json).write_text(json.dumps({**summary, **results}, indent=2) + "\n")

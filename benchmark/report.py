@@ -39,19 +39,19 @@ PAPER_TAR = {
         "HumanoidStandup": (161928, 3804), "Ant": (8040, 128), "Humanoid": (11791, 238), "Walker2d": (6674, 169),
         "InvertedDoublePendulum": (9354, 2), "Hopper": (4062, 181), "HalfCheetah": (17488, 216), "Swimmer": (150, 4),
     },
-}  # fmt: skip
+}
 # Paper Table 2: the best mean TAR of any of its nine algorithms per task (DIME on Humanoid, SAC and DSAC on
 # InvertedDoublePendulum, DACERv2 elsewhere).
 PAPER_BEST_TAR = {
     "HumanoidStandup": 170956, "Ant": 9169, "Humanoid": 13065, "Walker2d": 8011, "InvertedDoublePendulum": 9360,
     "Hopper": 4202, "HalfCheetah": 18192, "Swimmer": 172,
-}  # fmt: skip
+}
 # Settings that differ from run to run by design, only keep the books (checkpoints, logging), only change the speed
 # (--compile: same losses and random numbers) or only name flags that are recorded themselves (--preset); never shown
 # as what distinguishes two configurations.
 NOT_A_DIFFERENCE = {"exp_name", "seed", "resume", "resume_if_exists", "save_model", "checkpoint_frequency",
                     "checkpoint_buffer", "log_frequency", "print_episodes", "track", "wandb_project_name",
-                    "wandb_entity", "capture_video", "compile", "preset"}  # fmt: skip
+                    "wandb_entity", "capture_video", "compile", "preset"}
 
 
 class ReportError(Exception):
@@ -263,7 +263,7 @@ def config_differences(rows):
             # across scripts, the settings both have
             same_script = [other for other in configs.values() if other.get("algorithm") == settings.get("algorithm")]
             keys = sorted(k for k in settings if len({other.get(k) for other in same_script}) > 1
-                          or (k in shared and len({other[k] for other in configs.values()}) > 1))  # fmt: skip
+                          or (k in shared and len({other[k] for other in configs.values()}) > 1))
             algorithm = [f"algorithm={settings['algorithm']}"] if "algorithm" in settings else []
             differences[key] = ", ".join(algorithm + [f"{k}={settings[k]}" for k in keys])
     return differences
@@ -318,7 +318,7 @@ def reference_curve(seeds, limit):
     """learning_curve of a published curve's seeds up to iteration limit (seeds with no point there are left out) and
     the number of seeds kept; None when no seed has a point there."""
     kept = [Reference(seed.iterations[seed.iterations <= limit], seed.returns[seed.iterations <= limit])
-            for seed in seeds if seed.iterations[0] <= limit]  # fmt: skip
+            for seed in seeds if seed.iterations[0] <= limit]
     return (learning_curve(kept), len(kept)) if kept else None
 
 
@@ -443,7 +443,7 @@ def incomplete_runs(runs_dir, runs, rows):
     """Lines on the runs short of their planned total: the reported runs that are partial, and the run folders with
     no evaluation yet (runs: every run loaded, rows: the reported ones)."""
     lines = [f"- {run.label}: iteration {run.iterations[-1]:.0f} of {run.total_timesteps / run.num_envs:.0f} "
-             f"(`{run.path.name}`)" for row in rows for run in row.runs if run.partial]  # fmt: skip
+             f"(`{run.path.name}`)" for row in rows for run in row.runs if run.partial]
     folders = sorted({path.parent for path in runs_dir.rglob("events.out.tfevents.*")} - {run.path for run in runs})
     return lines + [f"- `{folder.name}`: no evaluation yet" for folder in folders]
 
@@ -504,7 +504,7 @@ def parse_args(argv):
     parser.add_argument("--out", type=Path, default=Path("results"), help="where results.md and the PNGs go")
     parser.add_argument("--reference", nargs="+", action="append", default=[], metavar=("ENV_ID", "LABEL CSV"),
                         help="ENV_ID LABEL CSV [CSV ...] (after RUNS_DIR): a published curve to draw on ENV_ID's "
-                        "figure, one CSV per seed with step (= iteration) and return columns; repeatable")  # fmt: skip
+                        "figure, one CSV per seed with step (= iteration) and return columns; repeatable")
     return parser.parse_args(argv)
 
 
@@ -531,7 +531,7 @@ def main(argv=None):
     for env in sorted(envs):
         given = references[env]
         curves[env], drawn = plot_env(env, [r for r in rows if r.env_id == env], args.out,
-                                      [(label, seeds) for label, _, seeds in given])  # fmt: skip
+                                      [(label, seeds) for label, _, seeds in given])
         reference_lines += [(env, label, files, n) for (label, files, _), n in zip(given, drawn)]
     notes = run_notes(rows) + notes + env_notes(rows)
     markdown = render_markdown(args.runs_dir, rows, curves, notes, incomplete_runs(args.runs_dir, runs, rows),

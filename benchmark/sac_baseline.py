@@ -29,7 +29,7 @@ import tyro
 from torch.utils.tensorboard import SummaryWriter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dacerv2_utils import fail, resolve_env_id  # noqa: E402  (one env-id mapping and one error format)
+from dacerv2_continuous import fail, resolve_env_id  # noqa: E402  (one env-id mapping and one error format)
 
 
 @dataclass
@@ -108,14 +108,14 @@ def main():
     envs = VecMonitor(DummyVecEnv([make_env(env_id, args.seed + i) for i in range(args.num_envs)]))
     envs.seed(args.seed)
     eval_envs = gym.vector.SyncVectorEnv([make_env(env_id, args.seed + 10_000 + i, True) for i in range(args.eval_episodes)],
-                                         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)  # fmt: skip
+                                         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     writer = SummaryWriter(f"runs/{run_name}")
     hparams = {**vars(args), "env_id": env_id, "env_id_requested": args.env_id, "algorithm": "stable-baselines3 SAC"}
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in hparams.items()))
     # SB3 starts training once num_timesteps > learning_starts; one gradient step per vector step after that
     model = SAC("MlpPolicy", envs, learning_rate=args.learning_rate, buffer_size=args.buffer_size, gamma=args.gamma,
                 tau=args.tau, batch_size=args.batch_size, learning_starts=args.learning_starts, train_freq=1,
-                gradient_steps=1, seed=args.seed, device=device, verbose=0)  # fmt: skip
+                gradient_steps=1, seed=args.seed, device=device, verbose=0)
     start_time = time.time()
 
     class Logger(BaseCallback):

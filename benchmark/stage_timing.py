@@ -4,8 +4,8 @@ Usage: python benchmark/stage_timing.py [--diffusion-steps 5] [--q-grad-coef 1.0
 
 Runs dacerv2_continuous.py's update (critic step every iteration, actor step every 2nd) with the paper's sizes and
 Hopper-v4's dimensions (11-dimensional states, 3-dimensional actions) on one CPU thread, and prints each stage's
-median wall time per call and its share of an iteration. The stages are the calls inside the script's critic_loss
-and actor_loss, in their order.
+median wall time per call and its share of an iteration. The stages are the calls inside the script's
+critic_objective and actor_objective, in their order.
 """
 
 import argparse
@@ -21,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import dacerv2_continuous as dacer  # noqa: E402
-import dacerv2_utils as utils  # noqa: E402
 
 OBS_DIM, ACT_DIM, BUFFER = 11, 3, 100_000  # Hopper-v4
 WARMUP = 40
@@ -49,11 +48,11 @@ def main():
     parser.add_argument("--iterations", type=int, default=400, help="timed iterations (default: 400)")
     args = parser.parse_args()
     if args.diffusion_steps < 1 or args.iterations < 2 or args.q_grad_coef < 0:
-        utils.fail("--diffusion-steps must be >= 1, --iterations >= 2 and --q-grad-coef >= 0")
+        dacer.fail("--diffusion-steps must be >= 1, --iterations >= 2 and --q-grad-coef >= 0")
     defaults, device = dacer.Args(), torch.device("cpu")
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    utils.keep_freed_memory()
+    dacer.keep_freed_memory()
     T, B, hidden, layers = args.diffusion_steps, defaults.batch_size, defaults.hidden_dim, defaults.num_layers
     actor = dacer.DiffusionActor(OBS_DIM, ACT_DIM, hidden, layers, T)
     critic = dacer.CriticEnsemble([dacer.Critic(OBS_DIM, ACT_DIM, hidden, layers) for _ in range(defaults.num_critics)])
@@ -62,7 +61,7 @@ def main():
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=defaults.policy_lr, fused=True)
     rb = dacer.ReplayBuffer(BUFFER, OBS_DIM, ACT_DIM, device)
     rb.add(torch.randn(BUFFER, OBS_DIM), torch.randn(BUFFER, OBS_DIM), torch.rand(BUFFER, ACT_DIM) * 2 - 1,
-           torch.randn(BUFFER), (torch.rand(BUFFER) < 0.01).float())  # fmt: skip
+           torch.randn(BUFFER), (torch.rand(BUFFER) < 0.01).float())
     q_grad_weights = dacer.q_grad_time_weights(T)
     alpha, omega, clock = torch.tensor(defaults.init_alpha), torch.ones(defaults.num_critics), StageClock()
 
@@ -70,10 +69,10 @@ def main():
         clock.start()
         obs, actions, rewards, next_obs, terminations = rb.sample(B)
         with torch.no_grad():
-            next_actions = dacer.explore(actor, next_obs, alpha, defaults.noise_scale)
+            next_actions = dacer.policy_action(actor, next_obs, alpha, defaults.noise_scale)
             clock.lap("critic step: next-action chain (no grad)")
             y, y_sample = dacer.critic_targets(critic_target, defaults.reward_scale * rewards, next_obs, next_actions,
-                                               terminations, defaults.gamma)  # fmt: skip
+                                               terminations, defaults.gamma)
         mu, sigma = critic(obs, actions)
         qf_losses = dacer.dsac_critic_loss(mu, sigma, y, y_sample, omega.lerp(sigma.detach().mean(1), defaults.tau))
         q_optimizer.zero_grad(set_to_none=True)
@@ -85,7 +84,8 @@ def main():
         critic.requires_grad_(False)
         a0, chain = actor.sample(obs, keep_chain=True)
         clock.lap("actor step: chain with gradient")
-        loss = -dacer.smallest_mean(critic, obs, dacer.explore(actor, obs, alpha, defaults.noise_scale, a0)).mean()
+        action = dacer.policy_action(actor, obs, alpha, defaults.noise_scale, a0)
+        loss = -dacer.smallest_mean(critic, obs, action).mean()
         clock.lap("actor step: L_q")
         if args.q_grad_coef > 0:
             loss = loss + args.q_grad_coef * dacer.q_grad_loss(actor, critic, obs, chain, q_grad_weights)

@@ -17,22 +17,23 @@ SCHEDULE_T5 = np.array([
     [0.63578, 0.15850, 2.51180, 2.30416, 0.65325, 0.49841, 0.40508],
     [0.75488, 0.03885, 5.07334, 4.97381, 0.81296, 0.31268, 0.43347],
     [0.83503, 0.00641, 12.4909, 12.4508, 0.89876, 0.16565, 0.39290],
-])  # fmt: skip
+])
 
 
 def test_noise_schedule_matches_reference_table():
     s = dacer.vp_schedule(5)
     keys = ["beta", "kappa_bar", "sqrt_recip_kappa_bar", "sqrt_recip_kappa_bar_m1", "posterior_std", "posterior_c1",
-            "posterior_c2"]  # fmt: skip
+            "posterior_c2"]
     got = np.stack([s[k] for k in keys], axis=1)
     np.testing.assert_allclose(got, SCHEDULE_T5, rtol=2e-4, atol=1e-5)
 
 
 @pytest.mark.filterwarnings("ignore:Covariance of the parameters could not be estimated")
 @pytest.mark.parametrize("T, c, d", [(2, 2.4750, -3.7625), (5, 0.3960, -1.8020), (10, 0.0990, -0.9505),
-                                     (20, 0.02475, -0.4876)])  # fmt: skip
+                                     (20, 0.02475, -0.4876)])
 def test_time_weight_coefficients_match_table_and_curve_fit(T, c, d):
-    got_c, got_d = dacer.time_weight_coefficients(T)
+    log_w = dacer.q_grad_time_weights(T).double().log()  # w_j = exp(c j + d)
+    got_c, got_d = (log_w[1] - log_w[0]).item(), log_w[0].item()
     assert got_c == pytest.approx(c, abs=5e-5) and got_d == pytest.approx(d, abs=5e-5)
     # App. D: curve_fit of exp(c t + d) to the reversed VP alphas gives the same numbers
     i = np.arange(1, T + 1)
@@ -61,7 +62,7 @@ def test_sampler_bounds_and_shapes(actor):
         assert a0.abs().max() <= 1.0
     a0, chain = actor.sample(torch.randn(5, 4), keep_chain=True)
     assert chain.shape == (5, 5, 3)
-    executed = dacer.explore(actor, torch.randn(300, 4), alpha=torch.tensor(100.0), noise_scale=0.1)
+    executed = dacer.policy_action(actor, torch.randn(300, 4), alpha=torch.tensor(100.0), noise_scale=0.1)
     assert executed.abs().max() <= 1.0 and (executed.abs() == 1.0).any()
 
 
@@ -134,7 +135,7 @@ class QuadraticCritic(torch.nn.Module):
 
 
 def q_grad_weights(T=5):  # w_j written out, not q_grad_time_weights
-    c, d = dacer.time_weight_coefficients(T)
+    c, d = 9.9 / T**2, -0.1 / T - 9.9 * (2 * T - 1) / (2 * T**2)  # paper App. D, beta in [0.1, 10]
     return torch.exp(c * torch.arange(T, dtype=torch.float32) + d)
 
 
@@ -152,7 +153,7 @@ def train_on_q_grad_loss_only(actor, critic, steps=300):
 @pytest.mark.parametrize("env_id, task, eta", [
     ("Hopper-v4", "Hopper", 1.0), ("Humanoid-v4", "Humanoid", 0.01), ("Pendulum-v1", "Pendulum", 1.0),
     ("InvertedDoublePendulum-v4", "InvertedDoublePendulum", 0.01), ("MultiGoal6-v0", "MultiGoal", 100.0),
-])  # fmt: skip
+])
 def test_q_grad_coef_is_the_paper_table_5_value_of_the_task_unless_given(env_id, task, eta, capsys):
     assert dacer.task_and_q_grad_coef(env_id) == (task, eta)
     assert f"q_grad_coef (eta) = {eta} for {task}" in capsys.readouterr().out

@@ -270,17 +270,16 @@ def test_mujoco_dry_run(tmp_path):
 def test_mujoco_algorithms_are_flags_of_the_training_script(tmp_path, monkeypatch):
     """Each algorithm name stands for its flags, and the training script reads them as the options they name."""
     import dacerv2_continuous as dacer
-    import dacerv2_utils as utils
 
     monkeypatch.chdir(tmp_path)
     algos = {"dacerv2": {}, "dacerv2_short": {"preset": "short", "policy_lr": 3e-4},
              "dacerv2_short_td": {"preset": "short", "policy_lr": 3e-4, "critic_loss": "td"},
-             "dacer": {"diffusion_steps": 20, "q_grad_coef": 0.0}}  # fmt: skip
+             "dacer": {"diffusion_steps": 20, "q_grad_coef": 0.0}}
     result = bash("mujoco.sh", "--dry-run", "--envs", "Hopper-v4", "--seeds", "1", "--algos", " ".join(algos),
-                  cwd=tmp_path)  # fmt: skip
+                  cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for line, (algo, expected) in zip(result.stdout.splitlines(), algos.items(), strict=True):
-        args, _ = utils.parse_args(dacer.Args, dacer.PRESETS, shlex.split(line)[2:-3])
+        args, _ = dacer.parse_args(shlex.split(line)[2:-3])
         assert args.exp_name == algo
         changed = {k: v for k, v in vars(args).items() if v != getattr(dacer.Args(), k)}
         assert changed.items() >= expected.items(), (algo, changed)
@@ -340,7 +339,7 @@ def test_a_finished_run_logs_its_last_evaluation_one_vector_step_before_the_tota
     """dacerv2_continuous.py logs at global_step, the env-step count before the vector step: a 400,000-step run with
     20 envs evaluates last at 399,980. That run is complete; one that stopped a vector step earlier is not."""
     common = dict(path=Path("runs/x"), env_id="Hopper-v4", exp_name="dacerv2", seed=1, returns=np.array([1.0, 2.0]),
-                  num_envs=20, total_timesteps=400_000)  # fmt: skip
+                  num_envs=20, total_timesteps=400_000)
     assert not report.Run(steps=np.array([200_000, 399_980]), **common).partial
     assert report.Run(steps=np.array([200_000, 399_960]), **common).partial
 
@@ -353,13 +352,13 @@ def test_slurm_dry_run_prints_one_job_array(tmp_path):
     script = result.stdout
     for line in ("#SBATCH --array=0-3%3", "#SBATCH --time=2-00:00:00", "#SBATCH --partition=gpu", "#SBATCH --gpus=1",
                  "#SBATCH --signal=B:TERM@120", "#SBATCH --requeue", "#SBATCH --open-mode=append",
-                 "#SBATCH --account=lab", "#SBATCH --qos=low", f"cd {tmp_path}"):  # fmt: skip
+                 "#SBATCH --account=lab", "#SBATCH --qos=low", f"cd {tmp_path}"):
         assert line in script.splitlines(), line
     commands = re.search(r"^commands=\(\n(.*?)\n\)", script, re.S | re.M).group(1).splitlines()
     assert len(commands) == 4
     first, sac = shlex.split(shlex.split(commands[0])[0]), shlex.split(shlex.split(commands[1])[0])
     assert first == ["python", SCRIPT, *"--env-id Hopper-v4 --seed 1 --exp-name dacerv2 --resume-if-exists "
-                     "--save-model --checkpoint-buffer --checkpoint-frequency 50000 --cuda".split()]  # fmt: skip
+                     "--save-model --checkpoint-buffer --checkpoint-frequency 50000 --cuda".split()]
     assert sac == ["python", str(BENCHMARK / "sac_baseline.py"), *"--env-id Hopper-v4 --seed 1 --exp-name sac --cuda".split()]
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
     assert not (tmp_path / "logs").exists()
@@ -417,7 +416,7 @@ def test_config_differences_beside_another_script():
     fast = {**ours, "policy_lr": "0.0003", "resume_if_exists": "True", "save_model": "True", "compile": "True",
             "preset": "short"}
     runs = {"dacerv2": ours, "fast": fast,
-            "sac": {"algorithm": "stable-baselines3 SAC", "learning_rate": "0.0003", "num_envs": "1"}}  # fmt: skip
+            "sac": {"algorithm": "stable-baselines3 SAC", "learning_rate": "0.0003", "num_envs": "1"}}
     rows = []
     for config, hparams in runs.items():
         run = fake_run([0], [0.0], config=config)

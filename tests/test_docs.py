@@ -9,7 +9,8 @@ FILE_NAME = re.compile(rf"(?<![\w/.<{{-])((?:\.\./|[\w-]+/)*[\w.-]*\w\.(?:{EXTEN
 # what runs write (relative to where they run), placeholders and examples of the user's own files
 GENERATED = ("runs/", "logs/", "results/", "videos/", "/tmp/")
 EXAMPLES = {"OLD_SCRIPT.py", "old.py", "STEM.pt", "STEM_multimodality.png", "multimodality.png", "_multimodality.png",
-            "sampler.pt2"}
+            "sampler.pt2", "eval.json",  # --eval-only's output
+            "dacerv2_utils.py"}  # the plumbing module of revisions up to fe5a4ab, for --baseline runs of them
 PLACEHOLDER = re.compile(r"(^|/)[A-Z][A-Z_]+/")  # a folder that stands for the user's: OUT/x.md, REPO_ROOT/x.py
 
 

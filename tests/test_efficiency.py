@@ -1,5 +1,7 @@
-"""benchmark/efficiency.py (paper Table 1) end to end on tiny settings: JSON schema, printed table, bad input."""
+"""benchmark/efficiency.py (paper Table 1) end to end on tiny settings: JSON schema, printed table, bad input, a
+--baseline of an older revision; its AOTInductor sampler (--compile's inference row); benchmark/stage_timing.py."""
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -9,12 +11,24 @@ from pathlib import Path
 import pytest
 import torch
 
-EFFICIENCY = str(Path(__file__).resolve().parents[1] / "benchmark" / "efficiency.py")
+REPO = Path(__file__).resolve().parents[1]
+EFFICIENCY = str(REPO / "benchmark" / "efficiency.py")
 ALGORITHMS = ("DACERv2", "DACERv2-1step", "DACER")
+OLD_REVISION = "fe5a4ab"  # the last revision with its plumbing in dacerv2_utils.py beside the script
+# torch's own code calls its deprecated torch.jit.script_method while compiling; outside pytest Python hides it
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 
 
 def run(args, cwd):
     return subprocess.run([sys.executable, EFFICIENCY, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def git_show(revision, path):
+    """A file of an earlier revision of this repository (skips the test in a checkout without that history)."""
+    result = subprocess.run(["git", "show", f"{revision}:{path}"], cwd=REPO, capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"no git history with {revision} here ({result.stderr.strip()})")
+    return result.stdout
 
 
 def table_rows(stdout):
@@ -73,7 +87,7 @@ def test_cuda_without_cuda_exits_2_with_one_line(tmp_path):
     [(["--iterations", "3"], "--iterations"), (["--env-id", "NoSuchEnv-v0"], "unknown env id"),
      (["--threads", "0"], "--threads"), (["--rounds", "0"], "--rounds"), (["--baseline", "nope.py"], "--baseline"),
      (["--bogus"], "unrecognized")],
-)  # fmt: skip
+)
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     result = run(args, tmp_path)
     assert result.returncode == 2
@@ -92,12 +106,13 @@ def test_failed_training_run_exits_1_with_its_last_stderr_lines(tmp_path):
 
 
 def test_baseline_rows_are_measured_in_the_same_turns(tmp_path):
-    """--baseline adds every algorithm's row for another version of the script (here: a copy of this one), which runs
-    with the dacerv2_utils.py beside it (here, one that counts its imports), in-process and in its training runs."""
-    baseline, repo = tmp_path / "old_script.py", Path(EFFICIENCY).parents[1]
-    baseline.write_text((repo / "dacerv2_continuous.py").read_text())
+    """--baseline adds every algorithm's row for another version of the script (here: that of an older revision, whose
+    plumbing was dacerv2_utils.py), which runs with the dacerv2_utils.py beside it (here, one that counts its imports),
+    in-process and in its training runs."""
+    baseline = tmp_path / "old_script.py"
+    baseline.write_text(git_show(OLD_REVISION, "dacerv2_continuous.py"))
     counter = "\nopen(__file__ + '.imports', 'a').write('imported\\n')\n"
-    (tmp_path / "dacerv2_utils.py").write_text((repo / "dacerv2_utils.py").read_text() + counter)
+    (tmp_path / "dacerv2_utils.py").write_text(git_show(OLD_REVISION, "dacerv2_utils.py") + counter)
     args = ["--env-id", "Pendulum-v1", "--iterations", "2", "--hidden-dim", "16", "--rounds", "1"]
     result = run([*args, "--baseline", str(baseline), "--json", "out.json"], tmp_path)
     assert result.returncode == 0, result.stderr
@@ -106,19 +121,57 @@ def test_baseline_rows_are_measured_in_the_same_turns(tmp_path):
     for name in ALGORITHMS:
         assert summary[f"{name.lower()} (baseline)"]["name"] == f"{name} (baseline)"
         assert f"{name} (baseline)" in result.stdout and summary[name.lower()]["train_points"] == 1
+        assert summary[f"{name.lower()} (baseline)"]["entropy_s"] > 0
     assert "round 1/1, DACER (baseline)" in result.stderr
     imports = (tmp_path / "dacerv2_utils.py.imports").read_text().splitlines()
     assert len(imports) == 1 + len(ALGORITHMS)  # the baseline module, and its training runs; never this version's rows
 
 
+def test_old_baseline_without_its_utils_exits_2_with_one_line(tmp_path):
+    """An older revision's script without its dacerv2_utils.py beside it: one line that says what to copy, before any
+    measurement."""
+    baseline = tmp_path / "old_script.py"
+    baseline.write_text(git_show(OLD_REVISION, "dacerv2_continuous.py"))
+    result = run(["--env-id", "Pendulum-v1", "--baseline", str(baseline)], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "--baseline: cannot import" in result.stderr
+    assert "git show REV:dacerv2_utils.py" in result.stderr, result.stderr
+    assert [path.name for path in tmp_path.iterdir()] == ["old_script.py"]  # nothing ran
+
+
+def test_exported_sampler_matches_the_eager_sampler_and_follows_weight_updates(tmp_path, monkeypatch):
+    """--compile's inference row: export_sampler's AOTInductor package gives the eager sampler's actions at any batch
+    size for the same noise, follows in-place changes of the parameters and buffers (optimizer steps), and exports the
+    class's sampler even where an old revision's --compile wiring replaced the instance's."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    spec = importlib.util.spec_from_file_location("efficiency", EFFICIENCY)
+    efficiency = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(efficiency)
+    torch.manual_seed(0)
+    actor = efficiency.dacer.DiffusionActor(4, 3, 16, 2, 5)
+    actor.sample = None  # what the package runs is DiffusionActor.sample
+    sample = efficiency.export_sampler(actor)
+    del actor.sample
+    with torch.no_grad():
+        for batch in (1, 3, 300):
+            obs = torch.randn(batch, 4)
+            noise = actor.draw_noise(obs)
+            torch.testing.assert_close(sample(obs, noise), actor.sample(obs, noise), atol=1e-5, rtol=1e-5)
+        before = sample(obs, noise)
+        for tensor in [*actor.parameters(), *actor.buffers()]:
+            tensor.mul_(0.5)
+        torch.testing.assert_close(sample(obs, noise), actor.sample(obs, noise), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(sample(obs, noise), before)
+
+
 def test_stage_timing_prints_every_stage_and_rejects_bad_input(tmp_path):
     stage_timing = str(Path(EFFICIENCY).parent / "stage_timing.py")
     result = subprocess.run([sys.executable, stage_timing, "--iterations", "4"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     shares = [float(line.split()[-2]) for line in result.stdout.splitlines() if line.endswith("%")]
     assert len(shares) == 7 and sum(shares) == pytest.approx(100, abs=0.5)  # rounded to 0.1 each
     assert "L_g forward (1280 rows)" in result.stdout and "sum of the stages" in result.stdout
     bad = subprocess.run([sys.executable, stage_timing, "--diffusion-steps", "0"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
+                         text=True, timeout=300)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 SCRIPT = str(Path(__file__).resolve().parents[1] / "dacerv2_continuous.py")
 PENDULUM = ["--env-id", "Pendulum-v1", "--num-envs", "1", "--total-timesteps", "10000", "--learning-starts", "1000",
             "--hidden-dim", "64", "--policy-lr", "1e-3", "--q-lr", "1e-3", "--eval-frequency", "1000",
-            "--eval-episodes", "5", "--log-frequency", "1000", "--no-cuda", "--seed", "1"]  # fmt: skip
+            "--eval-episodes", "5", "--log-frequency", "1000", "--no-cuda", "--seed", "1"]
 THRESHOLD = -400.0
 
 
@@ -26,7 +26,7 @@ def test_dacerv2_solves_pendulum(tmp_path):
     - a uniformly random policy scores about -1200 to -1800 on Pendulum-v1.
     """
     result = subprocess.run([sys.executable, SCRIPT, *PENDULUM], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=600)  # fmt: skip
+                            timeout=600)
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})

@@ -1,6 +1,6 @@
 """A modified script trains what it says: networks built from the script's own definitions with other arguments or a
 subclass (a SiLU actor, an actor with LayerNorm, a 3-layer ReLU critic, three critics) get, through the script's
-training path (critic_loss, actor_loss), the parameter gradients of an independently written literal computation:
+training path (critic_objective, actor_objective), the parameter gradients of an independently written literal computation:
 the critics run one by one with torch.min over them (DSAC-T's loss, or the plain TD loss of --critic-loss td), the
 reverse chain written out, and L_g's network run again on the detached chain inputs x_j, step by step. Everything in
 float64."""
@@ -94,9 +94,9 @@ def reference_losses(actor, critics, critic_targets, batch, omega, alpha, weight
 
 def training_path_losses(actor, ensemble, ensemble_target, batch, omega, alpha, weights, eta, args, seed):
     torch.manual_seed(seed)
-    qf_losses, _, _ = dacer.critic_loss(actor, ensemble, ensemble_target, batch, omega, alpha, args)
+    qf_losses, _, _ = dacer.critic_objective(actor, ensemble, ensemble_target, batch, omega, alpha, args)
     ensemble.requires_grad_(False)
-    loss, _ = dacer.actor_loss(actor, ensemble, batch[0], alpha, weights, eta, args)
+    loss, _ = dacer.actor_objective(actor, ensemble, batch[0], alpha, weights, eta, args)
     ensemble.requires_grad_(True)
     return qf_losses.sum(), loss
 
@@ -113,7 +113,7 @@ CRITICS = {
 }
 CASES = [("paper actor", "twin GELU critics", "dsac-t"), ("SiLU actor", "twin GELU critics", "dsac-t"),
          ("LayerNorm actor", "twin GELU critics", "dsac-t"), ("paper actor", "3-layer ReLU critics", "dsac-t"),
-         ("paper actor", "three critics", "dsac-t"), ("paper actor", "three critics", "td")]  # fmt: skip
+         ("paper actor", "three critics", "dsac-t"), ("paper actor", "three critics", "td")]
 
 
 @pytest.mark.parametrize("actor_name, critics_name, loss", CASES)
@@ -131,16 +131,16 @@ def test_training_step_gradients_equal_the_literal_computation(actor_name, criti
     ensemble = dacer.CriticEnsemble(critics)  # the same critic modules: one set of parameters for both computations
     ensemble_target = dacer.CriticEnsemble(critic_targets).requires_grad_(False)
     batch = (torch.randn(B, OBS), torch.rand(B, ACT) * 2 - 1, torch.randn(B), torch.randn(B, OBS),
-             (torch.rand(B) < 0.2).double())  # fmt: skip
+             (torch.rand(B) < 0.2).double())
     args = dacer.Args(critic_loss=loss)
     alpha, weights, eta = torch.tensor(1.5), torch.linspace(0.2, 0.8, T), 3.0
     for omega in (torch.zeros(len(critics)), torch.rand(len(critics)) + 0.5):  # the first update, a later one
         critic_loss, actor_loss = training_path_losses(actor, ensemble, ensemble_target, batch, omega, alpha, weights,
-                                                       eta, args, seed=7)  # fmt: skip
+                                                       eta, args, seed=7)
         critic_grads = torch.autograd.grad(critic_loss, list(ensemble.parameters()))
         actor_grads = torch.autograd.grad(actor_loss, list(actor.parameters()))
         ref_critic_loss, ref_actor_loss = reference_losses(actor, critics, critic_targets, batch, omega, alpha,
-                                                           weights, eta, args, seed=7)  # fmt: skip
+                                                           weights, eta, args, seed=7)
         torch.testing.assert_close(critic_loss, ref_critic_loss, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(actor_loss, ref_actor_loss, rtol=1e-10, atol=1e-12)
         ref_actor_grads = torch.autograd.grad(ref_actor_loss, list(actor.parameters()))

@@ -1,5 +1,7 @@
 """Reliability: exact resume, interrupts that keep the run, the divergence guard, and bad input that fails cleanly."""
 
+import hashlib
+import os
 import shlex
 import signal
 import subprocess
@@ -12,12 +14,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import dacerv2_continuous as dacer
-import dacerv2_utils as utils
 
 SCRIPT = str(Path(__file__).resolve().parents[1] / "dacerv2_continuous.py")
 PENDULUM = ["--env-id", "Pendulum-v1", "--num-envs", "2", "--learning-starts", "200", "--batch-size", "32",
             "--hidden-dim", "32", "--eval-frequency", "100", "--eval-episodes", "2", "--log-frequency", "50",
-            "--gmm-samples", "20", "--alpha-update-frequency", "150", "--no-cuda"]  # fmt: skip
+            "--gmm-samples", "20", "--alpha-update-frequency", "150", "--no-cuda"]
 
 
 def run(args, cwd):
@@ -37,10 +38,10 @@ def scalars(cwd, tag):
 
 
 def test_resume_with_buffer_is_bit_identical(tmp_path):
-    """1,600 steps in one go == 800 steps, stop, --resume to 1,600 (CPU, --torch-deterministic, buffer saved)."""
+    """1,600 steps in one go == 800 steps, stop, --resume to 1,600 (CPU, buffer saved)."""
     straight, split = tmp_path / "straight", tmp_path / "split"
     straight.mkdir(), split.mkdir()
-    common = [*PENDULUM, "--torch-deterministic", "--checkpoint-buffer", "--save-model"]
+    common = [*PENDULUM, "--checkpoint-buffer", "--save-model"]
     assert run([*common, "--total-timesteps", "1600"], straight).returncode == 0
     assert run([*common, "--total-timesteps", "800"], split).returncode == 0
     result = run(["--resume", str(only_checkpoint(split)), "--total-timesteps", "1600"], split)
@@ -61,38 +62,42 @@ def test_resume_with_buffer_is_bit_identical(tmp_path):
 
 
 def test_a_video_in_progress_stays_out_of_the_checkpoint(tmp_path, monkeypatch):
-    """--capture-video: env_state keeps RecordVideo's counters but not the frames of the episode it is recording, and
-    the resumed env records again only from the next scheduled episode (it does not write over an earlier video)."""
-    import pickle
+    """--capture-video: random_state keeps RecordVideo's counters but not the frames of the episode it is recording,
+    and the resumed env records again only from the next scheduled episode (it does not write over an earlier video)."""
+    import io
 
     import multigoal_env  # noqa: F401  (registers MultiGoal-v0)
 
     monkeypatch.chdir(tmp_path)
-    env = dacer.make_env("MultiGoal-v0", 0, 0, True, "run")()
-    env.reset(seed=0)
+    envs = dacer.gym.vector.SyncVectorEnv([dacer.make_env("MultiGoal-v0", 0, 0, True, "run")])
+    obs, _ = envs.reset(seed=0)
     for _ in range(5):
-        env.step(env.action_space.sample())
-    video = next(layer for layer in utils.env_layers(env) if isinstance(layer, dacer.gym.wrappers.RecordVideo))
+        obs, *_ = envs.step(envs.action_space.sample())
+    (env,) = envs.envs
+    video = next(layer for layer in dacer.env_layers(env) if isinstance(layer, dacer.gym.wrappers.RecordVideo))
     assert video.recording and len(video.recorded_frames) == 6  # episode 0: the reset's frame and 5 steps
-    state = utils.env_state(env)
-    assert len(pickle.dumps(state)) < 50_000  # 6 frames of 400 x 400 x 3 bytes would be 2.9 MB
+    state, saved = dacer.random_state(envs, obs), io.BytesIO()
+    torch.save(state, saved)
+    assert len(saved.getvalue()) < 50_000  # 6 frames of 400 x 400 x 3 bytes would be 2.9 MB
     with pytest.warns(UserWarning, match="Overwriting existing videos"):  # gymnasium's, for the run's own folder
-        resumed = dacer.make_env("MultiGoal-v0", 0, 0, True, "run")()
-    resumed.reset(seed=1)  # as the resumed script does before it restores the state: starts "episode 0" anew
-    utils.set_env_state(resumed, state)
-    resumed_video = next(layer for layer in utils.env_layers(resumed) if isinstance(layer, type(video)))
+        resumed_envs = dacer.gym.vector.SyncVectorEnv([dacer.make_env("MultiGoal-v0", 0, 0, True, "run")])
+    resumed_envs.reset(seed=1)  # as the resumed script does before it restores the state: starts "episode 0" anew
+    saved.seek(0)
+    np.testing.assert_array_equal(dacer.set_random_state(torch.load(saved, weights_only=True), resumed_envs, None), obs)
+    (resumed,) = resumed_envs.envs
+    resumed_video = next(layer for layer in dacer.env_layers(resumed) if isinstance(layer, type(video)))
     assert not resumed_video.recording and resumed_video.recorded_frames == []
     assert (resumed_video.episode_id, resumed_video.step_id) == (video.episode_id, video.step_id) == (0, 4)
     np.testing.assert_array_equal(resumed.unwrapped._state, env.unwrapped._state)
-    env.close(), resumed.close()
+    envs.close(), resumed_envs.close()
     assert [p.name for p in (tmp_path / "videos" / "run").iterdir()] == ["rl-video-episode-0.mp4"]  # the first run's
 
 
 def test_a_failed_checkpoint_write_leaves_the_previous_one(tmp_path):
     path = tmp_path / "run.pt"
-    utils.save_checkpoint(path, {"iteration": 1, "weights": torch.ones(3)})
+    dacer.save_checkpoint(path, {"iteration": 1, "weights": torch.ones(3)})
     with pytest.raises(Exception):  # fails mid-write: a lambda cannot be pickled
-        utils.save_checkpoint(path, {"iteration": 2, "weights": torch.zeros(100_000), "bad": lambda: 0})
+        dacer.save_checkpoint(path, {"iteration": 2, "weights": torch.zeros(100_000), "bad": lambda: 0})
     assert torch.load(path, weights_only=True)["iteration"] == 1
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
 
@@ -153,7 +158,7 @@ def test_the_printed_resume_command_runs_as_printed(tmp_path):
     command = printed.partition("continue with: ")[2].replace("--total-timesteps N", "--total-timesteps 600")
     assert command.startswith(shlex.quote(sys.executable))
     resumed = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                             env={"PATH": "/nonexistent"})  # fmt: skip
+                             env={"PATH": "/nonexistent"})
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout and torch.load(only_checkpoint(tmp_path))["global_step"] == 600
 
@@ -164,7 +169,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     good_bytes = good.read_bytes()
     # a learning rate of 1e30 makes the critic non-finite within a few updates
     result = run(["--resume", str(good), "--total-timesteps", "4000", "--q-lr", "1e30", "--checkpoint-frequency", "5"],
-                 tmp_path)  # fmt: skip
+                 tmp_path)
     assert result.returncode == 3
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert "non-finite" in line and "at iteration" in line and f"last good checkpoint is {good.relative_to(tmp_path)}" in line
@@ -190,27 +195,83 @@ def test_resume_refuses_a_checkpoint_with_other_networks_in_one_line(tmp_path):
     ]
 
 
+class Payload:
+    """A pickled object that would run a command when unpickled."""
+
+    def __reduce__(self):
+        return os.system, ("touch payload_ran",)
+
+
+def test_a_checkpoint_carrying_pickled_code_is_refused_and_nothing_in_it_runs(tmp_path):
+    """Checkpoints hold tensors and plain data only (the RNG and env states too): torch.load(weights_only=True) reads
+    them whole, and one that carries a pickled object is refused in one line before anything in it runs."""
+    assert run([*PENDULUM, "--total-timesteps", "400", "--save-model", "--checkpoint-buffer"], tmp_path).returncode == 0
+    checkpoint = torch.load(only_checkpoint(tmp_path), weights_only=True)  # the whole file, no unpickled code
+    assert isinstance(checkpoint["random_state"]["envs"][0]["layers"], list)
+    for key in ("random_state", "args"):
+        torch.save({**checkpoint, key: Payload()}, tmp_path / f"payload_in_{key}.pt")
+        result = run(["--resume", f"payload_in_{key}.pt", "--total-timesteps", "800"], tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"error: --resume: 'payload_in_{key}.pt' is not a checkpoint written by this script")
+        assert not (tmp_path / "payload_ran").exists()
+
+
+def test_a_checkpoint_knows_its_script(tmp_path):
+    """A checkpoint records the path and sha256 of the script that wrote it; --resume with an edited script (a critic
+    switched from GELU to Tanh, the same shapes) says so in one line, and --force-resume goes on with its networks."""
+    assert run([*PENDULUM, "--total-timesteps", "400", "--save-model"], tmp_path).returncode == 0
+    saved = torch.load(only_checkpoint(tmp_path), weights_only=True)
+    assert saved["script"] == SCRIPT and saved["script_sha256"] == hashlib.sha256(Path(SCRIPT).read_bytes()).hexdigest()
+    source, gelu = Path(SCRIPT).read_text(), "num_layers, activation=nn.GELU):"
+    assert source.count(gelu) == 1
+    edited = tmp_path / "dacerv2_continuous.py"
+    edited.write_text(source.replace(gelu, "num_layers, activation=nn.Tanh):"))
+    resume = [sys.executable, str(edited), "--resume", str(only_checkpoint(tmp_path)), "--total-timesteps", "600"]
+    result = subprocess.run(resume, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert f"was written by {SCRIPT} (sha256 {saved['script_sha256'][:12]}), not by this script ({edited}" in line
+    assert line.startswith("error: --resume:") and line.endswith("run that one, or add --force-resume")
+    forced = subprocess.run([*resume, "--force-resume"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert forced.returncode == 0 and "resuming" in forced.stdout, forced.stderr
+    assert torch.load(only_checkpoint(tmp_path), weights_only=True)["script"] == str(edited)  # now the edited one's
+
+
+def test_a_checkpoint_holds_only_the_filled_rows_of_the_buffer(tmp_path):
+    """8,000 transitions of Hopper with the default 10^6-row buffer: a checkpoint of a few MB (networks and optimizer
+    states ~3 MB, the buffer's rows 0.9 MB), not of the whole preallocated storage (110 MB)."""
+    result = run(["--env-id", "Hopper-v4", "--num-envs", "1", "--total-timesteps", "8000", "--learning-starts", "8000",
+                  "--save-model", "--checkpoint-buffer", "--eval-episodes", "1"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    saved = torch.load(only_checkpoint(tmp_path), weights_only=True)
+    assert saved["buffer"]["obs"].shape == (8000, 11) and saved["buffer"]["obs"].untyped_storage().nbytes() == 8000 * 44
+    assert only_checkpoint(tmp_path).stat().st_size < 5e6
+
+
 BAD_INPUTS = {
-    "zero envs": (["--num-envs", "0"], "--num-envs must be positive"),
-    "zero batch": (["--batch-size", "0"], "--batch-size must be positive"),
-    "zero diffusion steps": (["--diffusion-steps", "0"], "--diffusion-steps must be positive"),
-    "negative budget": (["--total-timesteps", "-5"], "--total-timesteps must be positive"),
-    "zero eval episodes": (["--eval-episodes", "0"], "--eval-episodes must be positive"),
+    "zero envs": (["--num-envs", "0"], "--num-envs must be a finite positive number"),
+    "zero batch": (["--batch-size", "0"], "--batch-size must be a finite positive number"),
+    "zero diffusion steps": (["--diffusion-steps", "0"], "--diffusion-steps must be a finite positive number"),
+    "negative budget": (["--total-timesteps", "-5"], "--total-timesteps must be a finite positive number"),
+    "zero eval episodes": (["--eval-episodes", "0"], "--eval-episodes must be a finite positive number"),
     "gamma above 1": (["--gamma", "1.5"], "--gamma must be at most 1"),
-    "zero tau": (["--tau", "0"], "--tau must be positive"),
-    "negative lr": (["--policy-lr", "-1"], "--policy-lr must be positive"),
-    "nan lr": (["--q-lr", "nan"], "--q-lr must be positive"),
-    "zero alpha": (["--init-alpha", "0"], "--init-alpha must be positive"),
-    "negative noise": (["--noise-scale", "-0.1"], "--noise-scale must be non-negative"),
-    "negative eta": (["--q-grad-coef", "-1"], "--q-grad-coef must be non-negative"),
-    "negative checkpoint interval": (["--checkpoint-frequency", "-1"], "--checkpoint-frequency must be non-negative"),
+    "zero tau": (["--tau", "0"], "--tau must be a finite positive number"),
+    "negative lr": (["--policy-lr", "-1"], "--policy-lr must be a finite positive number"),
+    "nan lr": (["--q-lr", "nan"], "--q-lr must be a finite positive number"),
+    "zero alpha": (["--init-alpha", "0"], "--init-alpha must be a finite positive number"),
+    "negative noise": (["--noise-scale", "-0.1"], "--noise-scale must be a finite non-negative number"),
+    "negative eta": (["--q-grad-coef", "-1"], "--q-grad-coef must be a finite non-negative number"),
+    "negative checkpoint interval": (["--checkpoint-frequency", "-1"], "--checkpoint-frequency must be a finite non-negative number"),
     "warm-up above buffer": (["--learning-starts", "2000", "--buffer-size", "1000"], "must not exceed --buffer-size"),
     "not an int": (["--seed", "abc"], "Error parsing --seed"),
+    "negative seed": (["--seed", "-1"], "--seed must be in [0, 2^32), got -1"),
+    "checkpoint of an older version": (["--resume", "older.pt"], "'older.pt' was written by an older version of this"),
     "unknown flag": (["--bogus-flag", "1"], "Unrecognized options: --bogus-flag"),
     "missing value": (["--total-timesteps"], "Missing value for argument '--total-timesteps'"),
     "unknown env": (["--env-id", "Hoper-v4"], "did you mean Hopper-v4"),
     "discrete actions": (["--env-id", "CartPole-v1"], "Discrete(2) action space; DACERv2 needs flat Box spaces"),
-    "missing checkpoint": (["--resume", "missing.pt"], "no such file"),
+    "missing checkpoint": (["--resume", "missing.pt"], "'missing.pt' does not exist"),
     "corrupt checkpoint": (["--resume", "garbage.pt"], "'garbage.pt' is not a checkpoint written by this script"),
     "text checkpoint": (["--resume", "notes.txt"], "'notes.txt' is not a checkpoint written by this script"),
     "empty checkpoint": (["--resume", "empty.pt"], "'empty.pt' is empty, not a checkpoint"),
@@ -235,13 +296,16 @@ def bad_input_results(tmp_path_factory):
         (cwd / "notes.txt").write_text("hello\n")
         (cwd / "empty.pt").write_bytes(b"")
         (cwd / "runs_folder").mkdir()
-        pendulum = {key: None for key in utils.CHECKPOINT_KEYS}
+        pendulum = dict.fromkeys(["args", "run_name", "iteration", "global_step", "random_state", "script",
+                                  "script_sha256"])
         pendulum["args"] = {"env_id": "Pendulum-v1", "diffusion_steps": 5}
         torch.save(pendulum, cwd / "pendulum.pt")
+        older = {key: pendulum[key] for key in ("args", "run_name", "iteration", "global_step")}
+        torch.save({**older, "random_state": b"pickled state"}, cwd / "older.pt")  # as fe5a4ab and earlier wrote
         if name == "runs is a file":
             (cwd / "runs").write_text("")
         procs[name] = (cwd, subprocess.Popen([sys.executable, SCRIPT, *args], cwd=cwd, stdout=subprocess.PIPE,
-                                             stderr=subprocess.PIPE, text=True))  # fmt: skip
+                                             stderr=subprocess.PIPE, text=True))
     results = {}
     for name, (cwd, proc) in procs.items():
         out, err = proc.communicate(timeout=300)

@@ -1,5 +1,6 @@
 """End-to-end runs of dacerv2_continuous.py in a subprocess: the user's command, logging, checkpoints, bad input."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,15 +12,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 SCRIPT = str(Path(__file__).resolve().parents[1] / "dacerv2_continuous.py")
 TINY = ["--total-timesteps", "600", "--learning-starts", "200", "--batch-size", "32", "--hidden-dim", "32",
-        "--eval-frequency", "5", "--eval-episodes", "2", "--log-frequency", "5", "--gmm-samples", "20"]  # fmt: skip
+        "--eval-frequency", "5", "--eval-episodes", "2", "--log-frequency", "5", "--gmm-samples", "20"]
 TAGS = ["charts/episodic_return", "charts/episodic_length", "charts/SPS", "eval/episodic_return", "losses/qf1_loss",
         "losses/qf2_loss", "losses/qf1_values", "losses/actor_loss", "losses/q_grad_loss", "losses/alpha",
-        "losses/alpha_loss", "charts/entropy", "charts/update_ms"]  # fmt: skip
+        "losses/alpha_loss", "charts/entropy", "charts/update_ms"]
 
 
 def run(args, cwd, env=None, timeout=300):
     return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=env)  # fmt: skip
+                          env=env)
 
 
 def read_events(run_dir):
@@ -71,29 +72,48 @@ def test_print_episodes_brings_the_episode_lines_back(tmp_path):
     assert result.stdout.count(", episodic_return=") == len(episodes) == 2  # 2 envs x 300 steps, 200-step episodes
 
 
-def test_an_edited_copy_of_the_script_runs_beside_the_plumbing_module(tmp_path):
-    """README "Modifying the script": a copy next to dacerv2_utils.py (here, with a SiLU actor) trains and saves under
-    its own name."""
+@pytest.mark.filterwarnings("ignore:.*is out of date:DeprecationWarning")  # Hopper-v4 made in-process below
+def test_a_copy_alone_in_an_empty_folder_trains_resumes_and_evaluates_its_own_networks(tmp_path):
+    """README "Modifying the script": the file copied alone (here with a SiLU actor) trains a MuJoCo task, saves under
+    its own name, resumes, and --eval-only evaluates the SiLU network: the returns of the copy's own evaluate on the
+    checkpoint's weights, not those of the original script's Mish actor."""
     lab = tmp_path / "lab"
     lab.mkdir()
     source, mish = Path(SCRIPT).read_text(), "diffusion_steps, activation=Mish):"
     assert source.count(mish) == 1
     (lab / "my_idea.py").write_text(source.replace(mish, "diffusion_steps, activation=nn.SiLU):"))
-    (lab / "dacerv2_utils.py").write_text((Path(SCRIPT).parent / "dacerv2_utils.py").read_text())
-    result = subprocess.run([sys.executable, str(lab / "my_idea.py"), "--env-id", "Pendulum-v1", "--no-cuda", *TINY,
-                             "--save-model"], cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert [p.name for p in lab.iterdir()] == ["my_idea.py"]
+    tiny = [*TINY, "--total-timesteps", "400", "--eval-episodes", "1", "--no-cuda"]
+    copy = [sys.executable, str(lab / "my_idea.py")]
+    result = subprocess.run([*copy, "--env-id", "Hopper-v4", *tiny, "--save-model"], cwd=lab, capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "eval/episodic_return=" in result.stdout
-    (checkpoint,) = (tmp_path / "runs").glob("Pendulum-v1__my_idea__1__*/my_idea.pt")
-    resume = ["--resume", str(checkpoint.relative_to(tmp_path)), "--total-timesteps", "800"]
-    resumed = subprocess.run([sys.executable, str(lab / "my_idea.py"), *resume], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=300)  # fmt: skip
-    assert resumed.returncode == 0 and "resuming Pendulum-v1__my_idea__1__" in resumed.stdout, resumed.stderr
-    (lab / "dacerv2_utils.py").unlink()  # a copy without the module: one line, not a traceback
-    alone = subprocess.run([sys.executable, str(lab / "my_idea.py"), "--help"], cwd=tmp_path, capture_output=True,
-                           text=True, timeout=300)  # fmt: skip
-    assert alone.returncode == 2 and alone.stderr.startswith("error: dacerv2_utils.py must sit beside this script")
-    assert len(alone.stderr.splitlines()) == 1
+    (checkpoint,) = lab.glob("runs/Hopper-v4__my_idea__1__*/my_idea.pt")
+    resume = ["--resume", str(checkpoint.relative_to(lab)), "--total-timesteps", "600"]
+    resumed = subprocess.run([*copy, *resume], cwd=lab, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and "resuming Hopper-v4__my_idea__1__" in resumed.stdout, resumed.stderr
+    evaluated = subprocess.run([*copy, "--resume", str(checkpoint), "--eval-only", "--eval-episodes", "2"], cwd=lab,
+                               capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    record = json.loads((checkpoint.with_name("my_idea_eval") / "eval.json").read_text())
+    assert record["global_step"] == 600 and record["script"] == str(lab / "my_idea.py") and len(record["returns"]) == 2
+
+    sys.path.insert(0, str(lab))
+    try:
+        import my_idea
+    finally:
+        sys.path.remove(str(lab))
+    import dacerv2_continuous as original
+
+    saved = torch.load(checkpoint, weights_only=True)
+    returns = {}
+    for script in (my_idea, original):
+        actor = script.DiffusionActor(11, 3, 32, 2, 5)
+        actor.load_state_dict(saved["actor"])  # the same weights: SiLU and Mish have none
+        envs = script.gym.vector.SyncVectorEnv([script.make_env("Hopper-v4", 1 + 10_000 + i, i, False, "x")
+                                                for i in range(2)], autoreset_mode="SameStep")
+        returns[script.__name__] = script.evaluate(actor, envs, torch.device("cpu"), record["seed"]).tolist()
+    assert returns["my_idea"] == record["returns"] != returns["dacerv2_continuous"]
 
 
 def test_a_run_within_the_warm_up_says_so_and_multigoal_says_untrained(tmp_path):
@@ -120,6 +140,8 @@ def test_save_model_then_resume_continues_the_run(hopper_run):
     resumed = torch.load(checkpoint, weights_only=True)
     assert resumed["global_step"] == 1000 and resumed["iteration"] == 32  # 9 refill vector steps, then 11 iterations
     assert resumed["args"]["hidden_dim"] == 32  # the checkpoint's arguments carried over
+    again = run(["--resume", str(checkpoint), "--no-cuda"], cwd)  # its own --total-timesteps 1000: reached
+    assert again.returncode == 2 and "give a larger --total-timesteps (or --eval-only)" in again.stderr
     eval_steps = [e.step for e in read_events(run_dir).Scalars("eval/episodic_return")]
     assert max(eval_steps) > 600
 
@@ -136,7 +158,7 @@ def test_help_lists_flags_and_units():
     result = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     for flag in ["--env-id", "--cuda", "--no-cuda", "--diffusion-steps", "--q-grad-coef", "--no-time-weight",
-                 "--no-q-grad-norm", "--resume", "--noise-scale", "--num-layers", "--torch-deterministic"]:  # fmt: skip
+                 "--no-q-grad-norm", "--resume", "--noise-scale", "--num-layers", "--torch-threads"]:
         assert flag in result.stdout
     assert "in iterations" in result.stdout and "environment steps" in result.stdout
 
@@ -148,8 +170,7 @@ def test_multigoal_run_reports_multimodality(tmp_path):
     assert "trajectories from the origin)" in result.stdout and "untrained" not in result.stdout
     assert "path efficiency" in result.stdout and "mean return" in result.stdout
     report = subprocess.run([sys.executable, str(Path(SCRIPT).parent / "benchmark" / "multigoal_report.py"), "runs",
-                             "--out", "report", "--num-trajectories", "20"], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
+                             "--out", "report"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr
     table = (tmp_path / "report" / "multigoal.md").read_text()  # the run beside its references
     assert "| dacerv2_continuous | 6 | 1 |" in table and "| untrained network (T = 5, 2 x 32) | 6 | 1 |" in table
@@ -166,7 +187,7 @@ def test_compile_runs_end_to_end(tmp_path):
     """--compile through the whole loop: acting, targets, the L_q chain with gradient, L_g, GMM chunks, evaluation."""
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
     args = [*TINY, "--env-id", "Pendulum-v1", "--num-envs", "2", "--compile", "--no-cuda",
-            "--alpha-update-frequency", "50"]  # fmt: skip
+            "--alpha-update-frequency", "50"]
     result = run(args, tmp_path, env=env, timeout=600)
     assert result.returncode == 0, result.stderr
     assert "--compile: torch.compile does not work here" not in result.stdout
@@ -180,7 +201,7 @@ def test_capture_video_records_the_episodes_of_env_0(tmp_path):
     import imageio
 
     args = ["--env-id", "MultiGoal-v0", "--capture-video", "--num-envs", "1", "--total-timesteps", "250",
-            "--learning-starts", "100", "--batch-size", "32", "--hidden-dim", "32", "--eval-frequency", "1000000"]  # fmt: skip
+            "--learning-starts", "100", "--batch-size", "32", "--hidden-dim", "32", "--eval-frequency", "1000000"]
     result = run(args, tmp_path)
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -204,44 +225,41 @@ def test_capture_video_without_a_display_fails_at_start_in_one_line(tmp_path):
 def test_capture_video_without_moviepy_fails_in_one_line(tmp_path):
     code = (f"import runpy, sys; sys.modules['moviepy'] = None; sys.argv = [{SCRIPT!r}, '--capture-video']; "
             f"sys.path.insert(0, {str(Path(SCRIPT).parent)!r}); "
-            f"runpy.run_path({SCRIPT!r}, run_name='__main__')")  # fmt: skip
+            f"runpy.run_path({SCRIPT!r}, run_name='__main__')")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert errors == ["error: --capture-video needs moviepy: pip install moviepy"]
 
 
-def test_the_argument_checks_follow_an_edited_copys_args(monkeypatch, tmp_path):
-    """dacerv2_utils.parse_args takes the script's Args: one without some checked flags (and with a new one) parses,
-    and the checks of the flags it has still apply."""
-    import dataclasses
-
-    import dacerv2_continuous as dacer
-    import dacerv2_utils as utils
-
-    monkeypatch.chdir(tmp_path)
-    dropped = {"gmm_components", "gmm_samples", "preset", "buffer_size"}
-    kept = [(f.name, f.type, dataclasses.field(default=f.default)) for f in dataclasses.fields(dacer.Args)
-            if f.name not in dropped]  # fmt: skip
-    EditedArgs = dataclasses.make_dataclass("Args", [*kept, ("my_coef", float, 0.5)])
-    args, _ = utils.parse_args(EditedArgs, {}, ["--my-coef", "2", "--learning-starts", "10"])
-    assert (args.my_coef, args.learning_starts) == (2.0, 10) and not dropped & set(vars(args))
-    with pytest.raises(SystemExit) as exit_:
-        utils.parse_args(EditedArgs, {}, ["--num-envs", "0"])
-    assert exit_.value.code == 2
+def test_a_flag_added_to_an_edited_copy_gets_its_check_beside_args(tmp_path):
+    """README "Modifying the script": a new flag is one field in Args and one line in check_args, right below it."""
+    source = Path(SCRIPT).read_text()
+    field = '    preset: Optional[Literal["short"]] = None\n'
+    check = '    if args.learning_starts > args.buffer_size:\n'
+    assert source.count(field) == 1 and source.count(check) == 1
+    source = source.replace(field, '    my_coef: float = 0.5\n    """the weight of my idea"""\n' + field)
+    source = source.replace(check, '    if not 0 <= args.my_coef <= 1:\n        fail(f"--my-coef must be in [0, 1], '
+                            'got {args.my_coef}")\n' + check)
+    (tmp_path / "my_idea.py").write_text(source)
+    result = subprocess.run([sys.executable, "my_idea.py", "--my-coef", "2", "--num-envs", "1"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr == "error: --my-coef must be in [0, 1], got 2.0\n"
+    result = subprocess.run([sys.executable, "my_idea.py", "--my-coef", "0.3", "--num-envs", "0"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "--num-envs must be a finite positive number" in result.stderr
 
 
 def test_preset_short_is_only_a_set_of_existing_flags(monkeypatch, tmp_path):
     import dataclasses
 
     import dacerv2_continuous as dacer
-    import dacerv2_utils as utils
 
     monkeypatch.chdir(tmp_path)
     flags = dacer.PRESETS["short"]
     assert flags and set(flags) < set(dacer.Args.__dataclass_fields__)
     by_hand = [f"--{name.replace('_', '-')}={value}" for name, value in flags.items()]
-    parse = lambda argv: utils.parse_args(dacer.Args, dacer.PRESETS, argv)[0]  # noqa: E731
+    parse = lambda argv: dacer.parse_args(argv)[0]  # noqa: E731
     preset = parse(["--preset", "short"])
     assert dataclasses.replace(preset, preset=None) == parse(by_hand) != dacer.Args()
     name, value = next(iter(flags.items()))  # a flag given on the command line overrides the preset's

@@ -18,12 +18,12 @@ MUJOCO_SH = str(REPO / "benchmark" / "mujoco.sh")
 GRID = ["--envs", "Pendulum-v1", "--seeds", "1 2", "--mem", "2G", "--time", "10:00", "--",
         "--num-envs", "2", "--learning-starts", "200", "--total-timesteps", "1600", "--batch-size", "64",
         "--eval-frequency", "200", "--eval-episodes", "2", "--gmm-samples", "20", "--alpha-update-frequency", "300",
-        "--no-cuda"]  # fmt: skip
+        "--no-cuda"]
 ITERATIONS = 701  # (1600 - 200) / 2 vector steps with an update, and the one at step 200
 MISSING = [p for p in ("sbatch", "squeue", "scontrol", "slurmctld", "slurmd", "munged", "mungekey") if not shutil.which(p)]
 pytestmark = [
     pytest.mark.skipif(bool(MISSING), reason=f"Slurm not installed ({', '.join(MISSING)} missing): apt-get install "
-                       "slurm-wlm munge"),  # fmt: skip
+                       "slurm-wlm munge"),
     pytest.mark.skipif(os.geteuid() != 0, reason="bringing up a local Slurm needs root"),
 ]
 
@@ -33,7 +33,7 @@ def slurm(tmp_path_factory):
     """A single-node Slurm for this module; yields the environment that points the Slurm commands at it."""
     folder = tmp_path_factory.mktemp("slurm")
     start = subprocess.run(["bash", str(REPO / "benchmark" / "local_slurm.sh"), "start", str(folder)],
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
+                           capture_output=True, text=True, timeout=120)
     assert start.returncode == 0, start.stderr
     yield {**os.environ, "SLURM_CONF": str(folder / "slurm.conf"), "PYTHON": sys.executable}
     subprocess.run(["bash", str(REPO / "benchmark" / "local_slurm.sh"), "stop", str(folder)], timeout=60)
@@ -82,7 +82,7 @@ def test_a_grid_runs_as_a_job_array_and_report_reads_it(slurm, uninterrupted):
     for seed in (1, 2):
         assert final_checkpoint(uninterrupted, seed)["iteration"] == ITERATIONS, log_of(uninterrupted, seed)
     report = subprocess.run([sys.executable, str(REPO / "benchmark" / "report.py"), "runs", "--out", "results"],
-                            cwd=uninterrupted, capture_output=True, text=True)  # fmt: skip
+                            cwd=uninterrupted, capture_output=True, text=True)
     assert report.returncode == 0, report.stderr
     assert "| Pendulum-v1 | dacerv2 | - | 2 |" in report.stdout
     assert "none: every run reached its planned total" in report.stdout
@@ -98,11 +98,11 @@ def test_requeued_and_warned_tasks_resume_and_end_as_uninterrupted_ones(slurm, u
         wait_for(lambda: "stopped by SIGTERM" in log_of(tmp_path, seed), f"seed {seed}'s checkpoint")
         # a requeued job waits ~2 minutes before it may start again; skip that wait
         wait_for(lambda: "PENDING" in slurm_command(slurm, "squeue", "-h", "-j", f"{job_id}_{seed - 1}", "-o", "%T"),
-                 f"seed {seed} to be requeued")  # fmt: skip
+                 f"seed {seed} to be requeued")
         slurm_command(slurm, "scontrol", "update", f"JobId={job_id}_{seed - 1}", "StartTime=now")
     wait_until_done(slurm, job_id)
     report = subprocess.run([sys.executable, str(REPO / "benchmark" / "report.py"), "runs", "--out", "results"],
-                            cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+                            cwd=tmp_path, capture_output=True, text=True)
     assert "none: every run reached its planned total" in report.stdout, report.stdout
     for seed in interrupt:
         log = log_of(tmp_path, seed)
@@ -128,7 +128,7 @@ def test_bad_slurm_input_is_one_line_and_exit_2(slurm, tmp_path):
     }
     for case, (env, extra, message) in cases.items():
         result = subprocess.run(["bash", MUJOCO_SH, "--slurm", "--envs", "Pendulum-v1", *extra], cwd=tmp_path,
-                                env=env, capture_output=True, text=True)  # fmt: skip
+                                env=env, capture_output=True, text=True)
         assert result.returncode == 2, (case, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, (case, result.stderr)
     assert "Partition" in slurm_command(slurm, "scontrol", "show", "partition")  # the daemons are still fine
