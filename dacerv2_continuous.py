@@ -60,7 +60,7 @@ class Args:
     eval_only: bool = False
     """if toggled, evaluate the policy of --resume (without it: the untrained network of --seed) and exit"""
     eval_dir: Optional[str] = None
-    """the folder of --eval-only's eval.json (and multimodality.png on Multi-goal); default: the checkpoint's folder"""
+    """where --eval-only writes eval.json (and multimodality.png on Multi-goal); default: {stem}_eval beside --resume"""
     log_frequency: int = 1_000
     """the interval of the logged losses and the progress bar's figures, in iterations"""
     print_episodes: bool = False
@@ -149,17 +149,15 @@ def check_args(args, checkpoint=None):
         fail(f"--seed must be in [0, 2^32), got {args.seed}")
     if args.learning_starts > args.buffer_size:
         fail(f"--learning-starts ({args.learning_starts}) must not exceed --buffer-size ({args.buffer_size})")
-    for name in ("env_id", "diffusion_steps", "num_envs") if checkpoint else ():  # a run keeps these
-        if checkpoint["args"].get(name) != getattr(args, name):
-            fail(f"--resume: the checkpoint was trained with --{name.replace('_', '-')} {checkpoint['args'][name]}")
+    for name in ("env_id", "diffusion_steps") + (() if args.eval_only else ("num_envs",)) if checkpoint else ():
+        if checkpoint["args"].get(name) != getattr(args, name):  # a run keeps these
+            fail(f"--resume: the checkpoint was trained with --{name.replace('_', '-')} {checkpoint['args'].get(name)}")
 
 
-# η of paper Table 5 (two groups of tasks, as we read it); other tasks: 1.0. MultiGoal deviates: with
-# Table 5's 1.0 the policy collapses onto one goal, with 100 it reaches all (README).
+# η of paper Table 5 (our reading); other tasks 1.0. MultiGoal: 100, since with 1.0 it collapses onto one goal (README)
 Q_GRAD_COEF = {"Hopper": 1.0, "Ant": 1.0, "HalfCheetah": 1.0, "Walker2d": 1.0, "MultiGoal": 100.0,
                "HumanoidStandup": 0.01, "Humanoid": 0.01, "Swimmer": 0.01, "InvertedDoublePendulum": 0.01}
-# --preset short: for runs of 10^4 to 10^5 iterations (a CPU's budget), where the paper's settings, built for 1.5 M
-# iterations, learn slowly; with --critic-loss td faster still (README "Results"). Only existing flags.
+# --preset short: for 10^4-10^5 iterations (a CPU's budget), where the paper's settings learn slowly (README "Results")
 PRESETS = {"short": {"policy_lr": 3e-4, "q_lr": 3e-4, "init_alpha": 0.3, "alpha_update_frequency": 200}}
 
 
@@ -599,7 +597,8 @@ def random_state(envs, obs):
     plain, video = (int, float, bool, str, np.ndarray, np.generic, list, tuple, type(None)), gym.wrappers.RecordVideo
     env_states = []
     for env in envs.envs:
-        layers = [{k: v for k, v in vars(layer).items() if isinstance(v, plain)} for layer in env_layers(env)]
+        layers = [{k: v for k, v in vars(layer).items() if isinstance(v, plain) and getattr(v, "dtype", np.dtype(int))
+                   .kind in "biufc"} for layer in env_layers(env)]  # numbers (no object or str arrays)
         for layer, attributes in zip(env_layers(env), layers):
             if isinstance(layer, video):
                 attributes |= {"recording": False, "recorded_frames": [], "render_history": [], "_video_name": None}
@@ -617,7 +616,7 @@ def random_state(envs, obs):
 
 
 def set_random_state(saved, envs, obs):
-    """Restores random_state's RNGs, and its envs when their number is unchanged; returns the observations to go on."""
+    """Restores random_state's RNGs and envs; returns the observations to go on with."""
     try:
         saved = numpy_as_tensors(saved, back=True)
         random.setstate(saved["python"])
@@ -680,7 +679,8 @@ def parse_args(argv=None):
             path = arg.partition("=")[2] or (argv[i + 1] if i + 1 < len(argv) else "")
             checkpoint = load_checkpoint(path)
             saved = {k: v for k, v in checkpoint["args"].items() if k in Args.__dataclass_fields__}
-            defaults = replace(Args(**saved), resume=path, force_resume=False, eval_only=False, eval_dir=None)
+            defaults = replace(Args(**saved), resume=path, force_resume=False, eval_only=False, eval_dir=None,
+                               resume_if_exists=False, capture_video=False)  # this invocation's own choices
 
     def cli(defaults):
         tyro_errors = io.StringIO()
@@ -756,7 +756,7 @@ if __name__ == "__main__":
     task, q_grad_coef = task_and_q_grad_coef(env_id, args.q_grad_coef)
     run_name = f"{env_id}__{args.exp_name}__{args.seed}" + ("" if args.resume_if_exists else f"__{int(time.time())}")
     run_name = checkpoint["run_name"] if checkpoint else run_name
-    if args.resume_if_exists and not checkpoint:
+    if args.resume_if_exists and not checkpoint and not args.eval_only:
         for stale in Path("runs", run_name).glob("events.out.tfevents.*"):  # a start that wrote no checkpoint
             print(f"runs/{run_name} has no checkpoint: starting it over, without its old {stale.name}")
             stale.unlink()
@@ -852,6 +852,7 @@ if __name__ == "__main__":
         except Exception as e:
             print(f"--compile: torch.compile does not work here ({error_summary(e)}); everything runs eagerly")
             update_critics, update_actor, act = critic_objective, actor_objective, policy_action
+        torch._dynamo.config.suppress_errors = True  # a graph that fails later runs eagerly, with torch's warning
     writer = SummaryWriter(f"runs/{run_name}", purge_step=start_step if checkpoint else None)  # drop points after it
     hparams = {**vars(args), "env_id": env_id, "env_id_requested": args.env_id, "q_grad_coef": q_grad_coef}
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in hparams.items()))

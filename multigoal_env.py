@@ -250,8 +250,8 @@ def plot_trajectories(trajectories, num_goals, path=None, title=None, ax=None):
 def evaluate_policy(policy, num_goals, num_trajectories=100):
     """The multimodality protocol of paper Sec. 4.1 / Fig. 2: episodes from exactly the origin, 100-step horizon.
 
-    `policy` is a numpy callable as for `rollout_trajectories`, which brings its own randomness (dacerv2_continuous.py
-    makes one of its actor with its `multigoal_policy`). Returns (trajectories, goal_hits, metrics) as given by
+    `policy` is a numpy callable as for `rollout_trajectories`, which brings its own randomness (dacerv2_continuous.py's
+    `multigoal_evaluation` wraps its actor as one). Returns (trajectories, goal_hits, metrics) as given by
     `rollout_trajectories` and `multimodality_metrics`.
     """
     trajectories, goal_hits, returns = rollout_trajectories(policy, num_goals, num_trajectories,
