@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 import warnings
+import zipfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal, Optional
@@ -61,6 +62,8 @@ class Args:
     """if toggled, evaluate the policy of --resume (without it: the untrained network of --seed) and exit"""
     eval_dir: Optional[str] = None
     """where --eval-only writes eval.json (and multimodality.png on Multi-goal); default: {stem}_eval beside --resume"""
+    dry_run: bool = False
+    """if toggled, check the arguments, the env and the checkpoint to resume, and exit (benchmark/ launchers do)"""
     log_frequency: int = 1_000
     """the interval of the logged losses and the progress bar's figures, in iterations"""
     print_episodes: bool = False
@@ -127,7 +130,7 @@ class Args:
     """the evaluation interval, in iterations (and once more when the run reaches --total-timesteps)"""
     eval_episodes: int = 10
     """the number of episodes per evaluation"""
-    preset: Optional[Literal["short"]] = None
+    preset: Literal["none", "short"] = "none"
     """a named set of the flags above (PRESETS; ours, not the paper's): the flags given override it"""
 
 
@@ -149,16 +152,19 @@ def check_args(args, checkpoint=None):
         fail(f"--seed must be in [0, 2^32), got {args.seed}")
     if args.learning_starts > args.buffer_size:
         fail(f"--learning-starts ({args.learning_starts}) must not exceed --buffer-size ({args.buffer_size})")
+    if args.learning_starts < args.batch_size:  # else the first batches repeat a handful of transitions
+        fail(f"--learning-starts ({args.learning_starts}) must be at least --batch-size ({args.batch_size})")
     for name in ("env_id", "diffusion_steps") + (() if args.eval_only else ("num_envs",)) if checkpoint else ():
         if checkpoint["args"].get(name) != getattr(args, name):  # a run keeps these
-            fail(f"--resume: the checkpoint was trained with --{name.replace('_', '-')} {checkpoint['args'].get(name)}")
+            fail(f"--resume: the checkpoint was trained with --{name.replace('_', '-')} {checkpoint['args'].get(name)}"
+                 "; a run keeps it: leave the flag out, or start a new run without --resume")
 
 
 # η of paper Table 5 (our reading); other tasks 1.0. MultiGoal: 100, since with 1.0 it collapses onto one goal (README)
 Q_GRAD_COEF = {"Hopper": 1.0, "Ant": 1.0, "HalfCheetah": 1.0, "Walker2d": 1.0, "MultiGoal": 100.0,
                "HumanoidStandup": 0.01, "Humanoid": 0.01, "Swimmer": 0.01, "InvertedDoublePendulum": 0.01}
 # --preset short: for 10^4-10^5 iterations (a CPU's budget), where the paper's settings learn slowly (README "Results")
-PRESETS = {"short": {"policy_lr": 3e-4, "q_lr": 3e-4, "init_alpha": 0.3, "alpha_update_frequency": 200}}
+PRESETS = {"none": {}, "short": {"policy_lr": 3e-4, "q_lr": 3e-4, "init_alpha": 0.3, "alpha_update_frequency": 200}}
 
 
 def task_and_q_grad_coef(env_id, q_grad_coef=None):
@@ -537,7 +543,8 @@ def resolve_env_id(env_id, quiet=False):
     if env_id.startswith("MultiGoal"):
         import multigoal_env  # noqa: F401 (registers MultiGoal-v0 and MultiGoal{4,5,6}-v0)
     if env_id not in gym.registry:
-        close = difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.75)
+        close = sorted(difflib.get_close_matches(env_id, list(gym.registry), n=3, cutoff=0.75),
+                       key=lambda match: not match.endswith("-v4"))  # the MuJoCo version this project runs first
         fail(f"unknown env id {env_id!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
     warnings.filterwarnings("ignore", ".*is out of date. You should consider upgrading", DeprecationWarning)
     if "mujoco_py" in getattr(gym.registry[env_id].entry_point, "__name__", ""):  # gymnasium keeps the ids
@@ -557,9 +564,11 @@ def check_setup(args):
         probe = gym.make(env_id, render_mode="rgb_array" if args.capture_video else None)
     except Exception as e:  # e.g. a missing optional dependency of the env
         fail(f"cannot make {env_id}: {error_summary(e, 150)}")
-    spaces = (probe.observation_space, probe.action_space)
-    if not all(isinstance(space, gym.spaces.Box) and len(space.shape) == 1 for space in spaces):
-        fail(f"{env_id} has {spaces[0]} observations and a {spaces[1]} action space; DACERv2 needs flat Box spaces")
+    spaces = {"observations": probe.observation_space, "actions": probe.action_space}
+    bad = [f"{'discrete' if isinstance(space, gym.spaces.Discrete) else space} {what}" for what, space in spaces.items()
+           if not (isinstance(space, gym.spaces.Box) and len(space.shape) == 1)]
+    if bad:
+        fail(f"{env_id} has {' and '.join(bad)}; DACERv2 needs continuous actions and flat observations (1-D Boxes)")
     try:  # one frame now: a machine that cannot render fails here, in one line, not at the first reset
         with warnings.catch_warnings(action="ignore"):  # GLFW's warnings on a machine without a display
             _ = args.capture_video and (probe.reset(seed=args.seed), probe.render())
@@ -594,14 +603,13 @@ def random_state(envs, obs):
     """The RNGs, and what makes each sub-env continue exactly: plain-data attributes of its wrappers and itself (step
     counters, episode statistics), its RNGs and MuJoCo's integration state. A video in progress is left out (the
     resumed run records from the next scheduled episode on)."""
-    plain, video = (int, float, bool, str, np.ndarray, np.generic, list, tuple, type(None)), gym.wrappers.RecordVideo
+    plain = (int, float, bool, str, np.ndarray, np.generic, list, tuple, type(None))
+    no_video = {"recording": False, "recorded_frames": [], "render_history": [], "_video_name": None}
     env_states = []
-    for env in envs.envs:
+    for env in envs.envs:  # numbers (no object or str arrays); a RecordVideo layer as if not recording
         layers = [{k: v for k, v in vars(layer).items() if isinstance(v, plain) and getattr(v, "dtype", np.dtype(int))
-                   .kind in "biufc"} for layer in env_layers(env)]  # numbers (no object or str arrays)
-        for layer, attributes in zip(env_layers(env), layers):
-            if isinstance(layer, video):
-                attributes |= {"recording": False, "recorded_frames": [], "render_history": [], "_video_name": None}
+                   .kind in "biufc"} | (no_video if isinstance(layer, gym.wrappers.RecordVideo) else {})
+                  for layer in env_layers(env)]
         u = env.unwrapped
         state = {"layers": copy.deepcopy(layers), "rng": u.np_random.bit_generator.state,
                  "action_rng": env.action_space.np_random.bit_generator.state}
@@ -661,7 +669,8 @@ def load_checkpoint(path):
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unreadable, truncated, not a torch file, or carrying pickled objects
-        fail(f"--resume: {path!r} is not a checkpoint written by this script (torch.load: {error_summary(e, 100)})")
+        reason = f"torch.load: {error_summary(e, 100)}" if zipfile.is_zipfile(path) else "not a whole torch.save file"
+        fail(f"--resume: {path!r} is not a checkpoint written by this script ({reason})")
     keys = {"args", "run_name", "iteration", "global_step", "random_state", "script", "script_sha256"}
     missing = keys - set(checkpoint) if isinstance(checkpoint, dict) else keys
     if missing == {"script", "script_sha256"}:
@@ -695,7 +704,7 @@ def parse_args(argv=None):
             raise
 
     args = cli(defaults)
-    if args.preset and args.preset != defaults.preset:  # its flags become the defaults that the flags given override
+    if args.preset != defaults.preset:  # its flags become the defaults that the flags given override
         args = cli(replace(defaults, **PRESETS[args.preset]))
     check_args(args, checkpoint)
     if checkpoint and checkpoint["script_sha256"] != SCRIPT_SHA256 and not args.force_resume:
@@ -738,12 +747,9 @@ class UpdateTimer:
 
 def keep_freed_memory():
     """Keeps freed blocks up to 32 MiB in the process (glibc): else each large temporary of an update page-faults."""
-    try:
+    with contextlib.suppress(OSError):  # not glibc: nothing to do
         libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
-    libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, 32 << 20), libc.mallopt(-1, 256 << 20)  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
 
 
 if __name__ == "__main__":
@@ -756,6 +762,9 @@ if __name__ == "__main__":
     task, q_grad_coef = task_and_q_grad_coef(env_id, args.q_grad_coef)
     run_name = f"{env_id}__{args.exp_name}__{args.seed}" + ("" if args.resume_if_exists else f"__{int(time.time())}")
     run_name = checkpoint["run_name"] if checkpoint else run_name
+    if args.dry_run:
+        print(f"dry run: the arguments and {env_id} check out; {run_name} would {'resume' if checkpoint else 'start'}")
+        sys.exit(0)
     if args.resume_if_exists and not checkpoint and not args.eval_only:
         for stale in Path("runs", run_name).glob("events.out.tfevents.*"):  # a start that wrote no checkpoint
             print(f"runs/{run_name} has no checkpoint: starting it over, without its old {stale.name}")
@@ -836,8 +845,9 @@ if __name__ == "__main__":
         obs = set_random_state(checkpoint["random_state"], envs, obs)
         if "buffer" in checkpoint:
             rb.load_state_dict(checkpoint["buffer"])
-        print(f"resuming {run_name} at step {start_step} (iteration {iteration}); "
-              + ("with its replay buffer" if "buffer" in checkpoint else "the replay buffer is refilled first"))
+        print(f"resuming {run_name} at step {start_step} (iteration {iteration}); " + (
+            "with its replay buffer" if "buffer" in checkpoint else "the replay buffer is refilled first: "
+            f"{args.learning_starts} env steps of the policy, counted in --total-timesteps (no --checkpoint-buffer)"))
     alpha = log_alpha.detach().exp()
     update_critics, update_actor, act = critic_objective, actor_objective, policy_action
     if args.compile:  # torch.compile of the functions by name (as LeanRL does): whatever they call is compiled too
@@ -858,14 +868,23 @@ if __name__ == "__main__":
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in hparams.items()))
     timer, start_time, last_eval, logged = UpdateTimer(device), time.time(), float("nan"), {}
     checkpoint_path = f"runs/{run_name}/{args.exp_name}.pt"
-    last_step = start_step + math.ceil((args.total_timesteps - start_step) / args.num_envs) * args.num_envs
-    if rb.size + last_step - start_step < args.learning_starts:  # updates start once the buffer holds the warm-up
+    warm_up_end = start_step + math.ceil(max(args.learning_starts - rb.size, 0) / args.num_envs) * args.num_envs
+    if warm_up_end - args.num_envs >= args.total_timesteps:  # updates start once the buffer holds the warm-up
         print(f"--total-timesteps {args.total_timesteps} ends within its warm-up (--learning-starts "
               f"{args.learning_starts}): this run does no gradient update and no evaluation")
-    phase = "warm-up" if rb.size < args.learning_starts else "training"
-    progress = tqdm(total=args.total_timesteps, initial=start_step, desc=phase, unit=" steps", unit_scale=True,
-                    dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
+    print(f"run folder: runs/{run_name} (follow it with: tensorboard --logdir runs)")
+    if device.type == "cpu" and args.total_timesteps - start_step > 1_000_000:
+        print(f"on a CPU, {args.total_timesteps - start_step:,} env steps take days (the training bar's ETA is right "
+              "after a few minutes); README 'Usage' has a 10-minute first run")
+
+    def bar(phase, start, end):  # one bar per phase, each with its own mean rate: an ETA of that phase alone
+        return tqdm(total=end, initial=start, desc=phase, unit=" steps", unit_scale=True, dynamic_ncols=True,
+                    smoothing=0, mininterval=0.5 if sys.stderr.isatty() else 30)
+
+    progress = bar("warm-up" if rb.size < args.learning_starts else "training", start_step,
+                   min(warm_up_end, args.total_timesteps) if rb.size < args.learning_starts else args.total_timesteps)
     episode_return = float("nan")
+    write = tqdm.write if sys.stderr.isatty() else lambda line: print(line, flush=True)  # a log file: no redraws
 
     def diverged(what):
         progress.close()
@@ -904,7 +923,7 @@ if __name__ == "__main__":
             for i in np.flatnonzero(infos["final_info"]["_episode"]):
                 episode_return, length = infos["final_info"]["episode"]["r"][i], infos["final_info"]["episode"]["l"][i]
                 if args.print_episodes:
-                    tqdm.write(f"global_step={global_step}, episodic_return={episode_return:.2f}")
+                    write(f"global_step={global_step}, episodic_return={episode_return:.2f}")
                 writer.add_scalar("charts/episodic_return", episode_return, global_step)
                 writer.add_scalar("charts/episodic_length", length, global_step)
 
@@ -917,10 +936,10 @@ if __name__ == "__main__":
 
         # ALGO LOGIC: training, one update per vector step: critics every iteration, actor every policy_frequency
         if rb.size >= args.learning_starts:
-            if phase == "warm-up":
-                phase = "training"
-                progress.set_description(phase)
-                tqdm.write(f"warm-up done at step {global_step + args.num_envs}: training")
+            if progress.desc == "warm-up":
+                progress.close()
+                write(f"warm-up done at step {global_step + args.num_envs}: training")
+                progress = bar("training", global_step + args.num_envs, args.total_timesteps)
             timer.mark()
             batch = rb.sample(args.batch_size)
             qf_losses, mu, omega = update_critics(actor, critic, critic_target, batch, omega, alpha, args)
@@ -954,7 +973,7 @@ if __name__ == "__main__":
             timer.mark()
             iteration += 1
 
-            if iteration % args.log_frequency == 0:
+            if iteration % args.log_frequency == 0 or iteration in (10, 100):  # and early in a run's life
                 for i in range(args.num_critics):
                     logged |= {f"losses/qf{i + 1}_loss": qf_losses[i], f"losses/qf{i + 1}_values": mu[i].mean()}
                 logged |= {"losses/qf_loss": qf_losses.mean(), "losses/alpha": alpha, "charts/entropy": entropy}
@@ -971,7 +990,7 @@ if __name__ == "__main__":
                 last_eval = evaluate(actor, eval_envs, device, seed=args.seed + 10_000 + iteration).mean()
                 writer.add_scalar("eval/episodic_return", last_eval, global_step)
                 progress.set_postfix_str(f"last eval {last_eval:.1f}, last episode {episode_return:.1f}", refresh=False)
-                tqdm.write(f"global_step={global_step}, iteration={iteration}, eval/episodic_return={last_eval:.2f}")
+                write(f"global_step={global_step}, iteration={iteration}, eval/episodic_return={last_eval:.2f}")
             if args.checkpoint_frequency and iteration % args.checkpoint_frequency == 0:
                 write_checkpoint(global_step + args.num_envs)
         if stop_signals:
@@ -989,7 +1008,8 @@ if __name__ == "__main__":
             writer.add_scalar(tag, metrics[key], global_step)
     if args.save_model or stop_signals:
         write_checkpoint(global_step)
-        command = shlex.join([sys.executable, sys.argv[0], "--resume", checkpoint_path])
+        command = shlex.join([sys.executable, SCRIPT, "--resume", checkpoint_path])
+        command = f"cd {shlex.quote(os.getcwd())} && {command}"  # the run folder is relative: works from anywhere
         print(f"checkpoint saved to {checkpoint_path}; continue with: {command}"
               + ("" if stop_signals else " --total-timesteps N"))
     envs.close()

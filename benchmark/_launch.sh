@@ -6,7 +6,10 @@
 # `add_script_job SCRIPT ENV EXP_NAME SEED [FLAGS...]` for another training script) and ends with `launch_jobs`.
 # Locally every run is one shell line, the training command and a redirection to its log file, run by xargs -P;
 # --dry-run prints these lines. With --slurm, launch_jobs writes one sbatch script with a job array (one task per
-# run) and submits it; --dry-run prints that script.
+# run) and submits it; --dry-run prints that script. Before any of that, every distinct configuration is run once
+# with the training script's own --dry-run, by the interpreter the runs will use (its absolute path goes into every
+# command): a flag or env id it refuses, or an interpreter without the packages, stops the launch with one line.
+# A launch appends its runs to LOG_DIR/planned_runs.txt, which report.py --planned reads.
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SCRIPT="$REPO_ROOT/dacerv2_continuous.py"
@@ -19,6 +22,9 @@ FORWARD=()
 COMMANDS=() # the queued runs: each one's command, and its log file in LOGS
 LOGS=()
 declare -A QUEUED=()
+CHECKS=() # one --dry-run command per configuration (the runs' commands but for the seed), its label in CHECK_LABELS
+CHECK_LABELS=()
+declare -A CHECKED=()
 SLURM=0
 SLURM_PARTITION=""
 SLURM_TIME="24:00:00"
@@ -49,7 +55,10 @@ launch_common_help() {
 
 Runs are written to runs/ under the current directory (TensorBoard event files); summarise them with
   python benchmark/report.py runs --out results
-The Python interpreter is \$PYTHON (default: python); the training script is $SCRIPT.
+The Python interpreter is \$PYTHON (default: the python on the PATH), written with its absolute path into every
+command; each configuration is checked with it (the training script's --dry-run) before anything runs or is
+submitted. Launches append their runs to LOG_DIR/planned_runs.txt (report.py --planned lists the missing ones).
+The training script is $SCRIPT.
 
 Slurm (README "Running on a cluster"): one job array, one task per run, submitted with sbatch.
   --slurm             submit the runs to Slurm instead of running them here
@@ -104,6 +113,13 @@ launch_parse_args() {
     [[ $WORKERS =~ ^[1-9][0-9]*$ ]] || launch_die "--workers needs a positive integer, got '$WORKERS'"
     [[ $SEEDS =~ ^[[:space:]]*[0-9]+([[:space:]]+[0-9]+)*[[:space:]]*$ ]] ||
         launch_die "--seeds needs a space-separated list of integers, got '$SEEDS'"
+    local seed resolved
+    for seed in $SEEDS; do
+        ((${#seed} <= 10 && 10#$seed < 4294967296)) || launch_die "--seeds: each seed must be below 2^32, got $seed"
+    done
+    resolved="$(type -P "$PYTHON")" || launch_die "no Python interpreter '$PYTHON' here: activate the project's venv, \
+or set PYTHON=/path/to/.venv/bin/python"
+    PYTHON="$(cd "$(dirname "$resolved")" && pwd)/$(basename "$resolved")" # absolute (a venv's link is kept as it is)
     # Slurm's time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
     [[ $SLURM_TIME =~ ^([0-9]+|[0-9]+:[0-9]{1,2}|[0-9]+:[0-9]{1,2}:[0-9]{1,2}|[0-9]+-[0-9]+(:[0-9]{1,2}){0,2})$ ]] ||
         launch_die "--time needs a Slurm time limit such as 12:00:00 or 2-00:00:00, got '$SLURM_TIME'"
@@ -133,11 +149,42 @@ add_script_job() {
     QUEUED[$cmd]=1
     COMMANDS+=("${cmd% }")
     LOGS+=("$log")
+    local config="${cmd/ --seed $seed / }" # the configuration: the command but for its seed
+    [[ -n ${CHECKED[$config]+checked} ]] && return 0
+    CHECKED[$config]=1
+    CHECKS+=("${cmd}--dry-run")
+    CHECK_LABELS+=("$env / $exp / seed $seed")
+}
+
+# Run the training script's --dry-run once per configuration, all CPUs at a time; the first refusal (in queue order)
+# ends the launch with its error line, and nothing runs or is submitted.
+launch_check() {
+    local dir i message
+    dir="$(mktemp -d)"
+    for i in "${!CHECKS[@]}"; do printf '%s\n' "${CHECKS[$i]}" >"$dir/$i.cmd"; done
+    # shellcheck disable=SC2016  # $1 is expanded by the worker shell
+    printf '%s\0' "${!CHECKS[@]}" | xargs -0 -n 1 -P "$(nproc 2>/dev/null || echo 2)" bash -c '
+        eval "$(cat "$0/$1.cmd")" >"$0/$1.out" 2>&1; echo $? >"$0/$1.rc"' "$dir"
+    for i in "${!CHECKS[@]}"; do
+        if [[ $(cat "$dir/$i.rc") != 0 ]]; then
+            message="$(grep -m 1 '^error: ' "$dir/$i.out" || # else tyro's box (its first line), else the last line
+                sed -n 's/^│ *\(.*[^ ]\) *│$/\1/p' "$dir/$i.out" | grep -m 1 . || grep . "$dir/$i.out" | tail -n 1 ||
+                true)"
+            message="${message:-exit status $(cat "$dir/$i.rc"), no output}"
+            [[ $message == *"No module named"* ]] &&
+                message+=" (is $PYTHON the project's environment? activate its venv, or set PYTHON)"
+            rm -rf "$dir"
+            launch_die "${CHECK_LABELS[$i]}: ${message#error: }; nothing was launched"
+        fi
+    done
+    rm -rf "$dir"
 }
 
 # Print the queued jobs (--dry-run) or run them, WORKERS at a time; exit 1 if any run failed. With --slurm, submit.
 launch_jobs() {
     ((${#COMMANDS[@]})) || launch_die "nothing to launch"
+    [[ -f $SCRIPT ]] || launch_die "training script not found: $SCRIPT"
+    launch_check
     if ((SLURM)); then
         slurm_submit
         return
@@ -148,9 +195,10 @@ launch_jobs() {
         printf '%s\n' "${jobs[@]}"
         return 0
     fi
-    [[ -f $SCRIPT ]] || launch_die "training script not found: $SCRIPT"
     mkdir -p "$LOG_DIR"
+    printf '%s\n' "${COMMANDS[@]}" >>"$LOG_DIR/planned_runs.txt"
     echo "launching ${#jobs[@]} runs, $WORKERS at a time; logs in $LOG_DIR/" >&2
+    echo "report: $PYTHON $REPO_ROOT/benchmark/report.py runs --out results --planned $LOG_DIR/planned_runs.txt" >&2
     # shellcheck disable=SC2016  # $1 and $(date) are expanded by the worker shell
     printf '%s\0' "${jobs[@]}" | xargs -0 -n 1 -P "$WORKERS" bash -c '
         echo "[$(date +%T)] start: $1" >&2
@@ -224,19 +272,23 @@ slurm_submit() {
         return 0
     fi
     command -v sbatch >/dev/null || launch_die "--slurm needs sbatch on the PATH (is this a Slurm login node?)"
-    [[ -f $SCRIPT ]] || launch_die "training script not found: $SCRIPT"
-    local file job_id
+    local file job_id new_log_dir=0
+    [[ -d $LOG_DIR ]] || new_log_dir=1
     mkdir -p "$LOG_DIR"
     file="$LOG_DIR/$(basename "$0" .sh)_$(date +%Y%m%d_%H%M%S).sbatch"
     slurm_script >"$file"
     if ! job_id="$(sbatch --parsable "$file" 2>&1)"; then
+        rm -f "$file" # a refused job leaves nothing behind
+        ((new_log_dir)) && rmdir "$LOG_DIR" 2>/dev/null
         launch_die "sbatch refused the job: $(echo "$job_id" | grep -m 1 . | sed 's/^sbatch: error: //')"
     fi
     job_id="${job_id%%;*}"
+    printf '%s\n' "${COMMANDS[@]}" >>"$LOG_DIR/planned_runs.txt"
     cat <<EOF
 submitted job array $job_id: ${#COMMANDS[@]} runs (sbatch script: $file)
 logs:   $LOG_DIR/{env}__{exp_name}__{seed}.log; Slurm's own output: $LOG_DIR/slurm-${job_id}_N.out
 watch:  squeue -j $job_id; when it has ended: sacct -j $job_id (where accounting is on)
-report: $PYTHON $REPO_ROOT/benchmark/report.py runs --out results   (it lists the runs that are not complete yet)
+report: $PYTHON $REPO_ROOT/benchmark/report.py runs --out results --planned $LOG_DIR/planned_runs.txt
+        (it lists the runs that are not complete yet, and those that never started)
 EOF
 }

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,9 +82,13 @@ def sha256_of(path):
 def read_checkpoint(path, script_hashes):
     """The Checkpoint of path, or a one-line reason (str) why it cannot be evaluated. script_hashes caches the sha256
     of the scripts already read ({path: digest})."""
+    if path.stat().st_size == 0:
+        return f"{str(path)!r} is empty (0 bytes), not a checkpoint"
+    if not zipfile.is_zipfile(path):  # torch.load's own error would be e.g. `KeyError: 101` for a text file
+        return f"{str(path)!r} is not a checkpoint (not a whole torch.save file: truncated, or another kind)"
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated, not a torch file, or objects weights_only refuses
+    except Exception as error:  # truncated, or objects weights_only refuses
         first_line = (str(error).splitlines() or [""])[0][:100]
         return f"cannot read {str(path)!r} ({type(error).__name__}: {first_line})"
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("args"), dict):

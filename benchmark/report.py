@@ -1,10 +1,11 @@
 """Summarise benchmark runs: TAR table, normalised average score and learning curves (README "Results").
 
-Usage: python benchmark/report.py runs --out results [--reference ENV_ID LABEL CSV [CSV ...]]
+Usage: python benchmark/report.py runs --out results [--planned logs/planned_runs.txt] [--reference ENV LABEL CSV ...]
 Reads the TensorBoard event files of every run folder `runs/{env_id}__{exp_name}__{seed}__{unix_time}/` (or
 `runs/{env_id}__{exp_name}__{seed}/`, the fixed folders of --resume-if-exists and --slurm grids), groups the runs by
 (env, exp_name), writes OUT/results.md plus one learning-curve PNG per env and prints the markdown; it lists the runs
-that have not reached their --total-timesteps yet (still running, waiting in a queue, or stopped).
+that have not reached their --total-timesteps yet (still running, waiting in a queue, or stopped) and, with --planned
+(the file benchmark/*.sh launches write), every run of the grid that has no run folder at all.
 Metrics: README "Results" (TAR as in the DACER paper's Table 1 caption; the normalised score of DACERv2's §4.3).
 --reference draws a published curve (one CSV per seed, its step taken as the iteration) on an env's figure.
 """
@@ -12,6 +13,7 @@ Metrics: README "Results" (TAR as in the DACER paper's Table 1 caption; the norm
 import argparse
 import csv
 import re
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -416,9 +418,8 @@ def run_notes(rows):
         for run in row.runs:
             if run.partial:
                 notes.append(
-                    f"{run.label}: partial, last evaluation at iteration {run.iterations[-1]:.0f} of "
-                    f"{run.total_timesteps / run.num_envs:.0f} planned; TAR window = iterations >= "
-                    f"{tar(run)[1] / run.num_envs:.0f} (the final 10 % of the iterations it reached)"
+                    f"{run.label}: partial, last evaluation at env step {run.steps[-1]:,} of {run.total_timesteps:,} "
+                    f"planned; TAR window = env steps >= {tar(run)[1]:,.0f} (the final 10 % of what it reached)"
                 )
             if run.fallbacks:
                 notes.append(f"{run.label}: missing from its hyperparameters text: {'; '.join(run.fallbacks)}")
@@ -439,13 +440,35 @@ def env_notes(rows):
     return notes
 
 
-def incomplete_runs(runs_dir, runs, rows):
-    """Lines on the runs short of their planned total: the reported runs that are partial, and the run folders with
-    no evaluation yet (runs: every run loaded, rows: the reported ones)."""
-    lines = [f"- {run.label}: iteration {run.iterations[-1]:.0f} of {run.total_timesteps / run.num_envs:.0f} "
-             f"(`{run.path.name}`)" for row in rows for run in row.runs if run.partial]
+def read_planned(path):
+    """(env_id, exp_name, seed) of every run in a launcher's plan file (one training command per line)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as error:
+        raise ReportError(f"--planned {path}: {error.strerror}") from None
+    planned = []
+    for line in filter(str.strip, lines):
+        words = shlex.split(line)
+        flags = {flag: value for flag, value in zip(words, words[1:]) if flag in ("--env-id", "--exp-name", "--seed")}
+        if len(flags) < 3:
+            raise ReportError(f"--planned {path}: not a training command: {line[:100]}")
+        planned.append((flags["--env-id"], flags["--exp-name"], int(flags["--seed"])))
+    return planned
+
+
+def incomplete_runs(runs_dir, runs, rows, planned=(), planned_file=None):
+    """Lines on the runs short of their planned total: the reported runs that are partial (in env steps, as the
+    training log counts them), the run folders with no evaluation yet (runs: every run loaded, rows: the reported
+    ones) and the runs of the plan that have no run folder at all (never started, or failed at start-up)."""
+    lines = [f"- {run.label}: env step {run.steps[-1]:,} of {run.total_timesteps:,} (`{run.path.name}`)"
+             for row in rows for run in row.runs if run.partial]
     folders = sorted({path.parent for path in runs_dir.rglob("events.out.tfevents.*")} - {run.path for run in runs})
-    return lines + [f"- `{folder.name}`: no evaluation yet" for folder in folders]
+    started = {(base_name(run.env_id), run.exp_name, str(run.seed)) for run in runs} | {
+        (base_name(name[0]), *name[1:3]) for name in (folder.name.split("__") for folder in folders)}
+    missing = [f"- {env} / {exp} / seed {seed}: planned in {planned_file}, no run folder (not started yet, or failed "
+               "at start-up: see its log)" for env, exp, seed in dict.fromkeys(planned)
+               if (base_name(env), exp, str(seed)) not in started]
+    return lines + [f"- `{folder.name}`: no evaluation yet" for folder in folders] + missing
 
 
 def render_markdown(runs_dir, rows, curves, notes, incomplete=(), references=()):
@@ -502,6 +525,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs_dir", type=Path, help="the folder holding the run folders (e.g. runs)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="where results.md and the PNGs go")
+    parser.add_argument("--planned", type=Path, help="a launcher's plan (LOG_DIR/planned_runs.txt): list every "
+                        "planned run that has no run folder")
     parser.add_argument("--reference", nargs="+", action="append", default=[], metavar=("ENV_ID", "LABEL CSV"),
                         help="ENV_ID LABEL CSV [CSV ...] (after RUNS_DIR): a published curve to draw on ENV_ID's "
                         "figure, one CSV per seed with step (= iteration) and return columns; repeatable")
@@ -513,6 +538,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         runs, notes = load_runs(args.runs_dir)
+        planned = read_planned(args.planned) if args.planned else []
         rows = summarise(drop_duplicate_seeds(runs, notes))
         envs = {row.env_id for row in rows}
         references = {env: [] for env in envs}
@@ -534,8 +560,8 @@ def main(argv=None):
                                       [(label, seeds) for label, _, seeds in given])
         reference_lines += [(env, label, files, n) for (label, files, _), n in zip(given, drawn)]
     notes = run_notes(rows) + notes + env_notes(rows)
-    markdown = render_markdown(args.runs_dir, rows, curves, notes, incomplete_runs(args.runs_dir, runs, rows),
-                               reference_lines)
+    incomplete = incomplete_runs(args.runs_dir, runs, rows, planned, args.planned)
+    markdown = render_markdown(args.runs_dir, rows, curves, notes, incomplete, reference_lines)
     (args.out / "results.md").write_text(markdown)
     print(markdown, end="")
 

@@ -64,6 +64,8 @@ class Args:
     """the evaluation interval, in iterations (and once more at the end)"""
     eval_episodes: int = 10
     """the number of episodes per evaluation"""
+    dry_run: bool = False
+    """if toggled, check the arguments and the env, and exit (benchmark/ launchers do)"""
 
 
 def make_env(env_id, seed, record_episodes=False):
@@ -101,6 +103,10 @@ def main():
     except ImportError:
         fail("the SAC baseline needs stable-baselines3: pip install -r benchmark/requirements.txt")
     env_id = resolve_env_id(args.env_id)
+    if args.dry_run:
+        gym.make(env_id).close()
+        print(f"dry run: the arguments and {env_id} check out")
+        return
     warnings.filterwarnings("ignore", category=UserWarning, module="stable_baselines3")
     torch.set_num_threads(args.torch_threads)
     device = "cuda" if args.cuda and torch.cuda.is_available() else "cpu"

@@ -4,6 +4,7 @@ import importlib.util
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -243,11 +244,12 @@ def test_report_cli_errors(tmp_path, make_dir):
     assert ("no TensorBoard event files" if make_dir else "does not exist") in result.stderr
 
 
-def bash(script, *args, cwd, python="python"):
-    """Run a benchmark script with bash from cwd; returns the CompletedProcess."""
+def bash(script, *args, cwd, python=sys.executable):
+    """Run a benchmark script with bash from cwd (each configuration it queues is checked with python); returns the
+    CompletedProcess."""
     env = {**os.environ, "PYTHON": python}
     return subprocess.run(
-        ["bash", str(BENCHMARK / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+        ["bash", str(BENCHMARK / script), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
 
 
@@ -258,7 +260,8 @@ def test_mujoco_dry_run(tmp_path):
     lines = result.stdout.splitlines()
     assert len(lines) == 8
     first = "--env-id Hopper-v4 --seed 1 --exp-name dacerv2 --total-timesteps 1000 --no-cuda"
-    assert shlex.split(lines[0]) == ["python", SCRIPT, *first.split(), ">", "logs/Hopper-v4__dacerv2__1.log", "2>&1"]
+    assert shlex.split(lines[0]) == [sys.executable, SCRIPT, *first.split(), ">", "logs/Hopper-v4__dacerv2__1.log",
+                                     "2>&1"]
     last = "--env-id Walker2d-v4 --seed 2 --exp-name dacer --diffusion-steps 20 --q-grad-coef 0"
     redirect = [">", "logs/Walker2d-v4__dacer__2.log", "2>&1"]
     assert shlex.split(lines[-1])[1:] == [SCRIPT, *last.split(), "--total-timesteps", "1000", "--no-cuda", *redirect]
@@ -331,8 +334,48 @@ def test_launch_runs_jobs_in_parallel_with_logs(tmp_path):
     assert result.returncode == 0, result.stderr
     log = (tmp_path / "logs" / "Hopper-v4__dacerv2__2.log").read_text()
     assert log.split() == [SCRIPT, "--env-id", "Hopper-v4", "--seed", "2", "--exp-name", "dacerv2", "--x"]
-    failed = bash("mujoco.sh", "--envs", "Hopper-v4", "--seeds", "1", cwd=tmp_path, python="false")
+    planned = (tmp_path / "logs" / "planned_runs.txt").read_text().splitlines()
+    assert [shlex.split(line)[:2] for line in planned] == [[shutil.which("echo"), SCRIPT]] * 2  # the absolute interpreter
+    stub = tmp_path / "passes_checks_then_fails"
+    stub.write_text('#!/bin/bash\n[[ "$*" == *--dry-run ]]\n')
+    stub.chmod(0o755)
+    failed = bash("mujoco.sh", "--envs", "Hopper-v4", "--seeds", "1", cwd=tmp_path, python=str(stub))
     assert failed.returncode == 1 and "FAILED" in failed.stderr
+    refused = bash("mujoco.sh", "--envs", "Hopper-v4", "--seeds", "3", cwd=tmp_path, python="false")
+    assert refused.returncode == 2 and refused.stderr == ("mujoco.sh: error: Hopper-v4 / dacerv2 / seed 3: exit status "
+                                                          "1, no output; nothing was launched (see --help)\n")
+    assert not (tmp_path / "logs" / "Hopper-v4__dacerv2__3.log").exists()
+
+
+def test_launch_checks_every_configuration_before_anything_runs(tmp_path):
+    """An env id or flag the training script (or the SAC baseline) refuses, or an interpreter without the project's
+    packages, stops the launch in one line, --dry-run included; the check runs once per configuration, not per seed."""
+    bad_env = bash("mujoco.sh", "--dry-run", "--envs", "Hopper-v4 NoSuchEnv-v9", "--seeds", "1 2", cwd=tmp_path)
+    assert bad_env.returncode == 2 and bad_env.stdout == ""
+    assert bad_env.stderr == ("mujoco.sh: error: NoSuchEnv-v9 / dacerv2 / seed 1: unknown env id 'NoSuchEnv-v9'; "
+                              "nothing was launched (see --help)\n")
+    sac_flag = bash("mujoco.sh", "--dry-run", "--envs", "Hopper-v4", "--algos", "dacerv2 sac", "--", "--preset",
+                    "short", cwd=tmp_path)
+    assert sac_flag.returncode == 2 and "Hopper-v4 / sac / seed 1: Unrecognized options: --preset" in sac_flag.stderr
+    bad_flag = bash("mujoco.sh", "--slurm", "--dry-run", "--envs", "Hopper-v4", "--", "--learning-starts", "10",
+                    cwd=tmp_path)
+    assert bad_flag.returncode == 2 and "--learning-starts (10) must be at least --batch-size" in bad_flag.stderr
+    bare = tmp_path / "python_without_packages"
+    bare.write_text("#!/bin/bash\necho \"ModuleNotFoundError: No module named 'gymnasium'\" >&2\nexit 1\n")
+    bare.chmod(0o755)
+    no_venv = bash("mujoco.sh", "--dry-run", "--envs", "Hopper-v4", cwd=tmp_path, python=str(bare))
+    assert no_venv.returncode == 2 and "No module named" in no_venv.stderr and "activate its venv" in no_venv.stderr
+    missing = bash("mujoco.sh", "--dry-run", cwd=tmp_path, python="no-such-python")
+    assert missing.returncode == 2 and "no Python interpreter 'no-such-python' here" in missing.stderr
+    big_seed = bash("mujoco.sh", "--dry-run", "--seeds", "1 4294967296", cwd=tmp_path)
+    assert big_seed.returncode == 2 and "each seed must be below 2^32, got 4294967296" in big_seed.stderr
+    calls = tmp_path / "calls.txt"
+    stub = tmp_path / "counting_python"
+    stub.write_text(f'#!/bin/bash\necho "$*" >> {calls}\n')
+    stub.chmod(0o755)
+    assert bash("mujoco.sh", "--dry-run", "--envs", "Hopper-v4 Ant-v4", cwd=tmp_path, python=str(stub)).returncode == 0
+    checked = calls.read_text().splitlines()  # 2 envs x 5 seeds: 2 configurations
+    assert len(checked) == 2 and all(line.endswith("--dry-run") and "--seed 1 " in line for line in checked)
 
 
 def test_a_finished_run_logs_its_last_evaluation_one_vector_step_before_the_total():
@@ -357,9 +400,10 @@ def test_slurm_dry_run_prints_one_job_array(tmp_path):
     commands = re.search(r"^commands=\(\n(.*?)\n\)", script, re.S | re.M).group(1).splitlines()
     assert len(commands) == 4
     first, sac = shlex.split(shlex.split(commands[0])[0]), shlex.split(shlex.split(commands[1])[0])
-    assert first == ["python", SCRIPT, *"--env-id Hopper-v4 --seed 1 --exp-name dacerv2 --resume-if-exists "
+    assert first == [sys.executable, SCRIPT, *"--env-id Hopper-v4 --seed 1 --exp-name dacerv2 --resume-if-exists "
                      "--save-model --checkpoint-buffer --checkpoint-frequency 50000 --cuda".split()]
-    assert sac == ["python", str(BENCHMARK / "sac_baseline.py"), *"--env-id Hopper-v4 --seed 1 --exp-name sac --cuda".split()]
+    assert sac == [sys.executable, str(BENCHMARK / "sac_baseline.py"), *"--env-id Hopper-v4 --seed 1 --exp-name sac "
+                   "--cuda".split()]
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
     assert not (tmp_path / "logs").exists()
 
@@ -376,13 +420,24 @@ def test_fixed_run_folders_are_read_and_incomplete_runs_listed(tmp_path):
     write_events(runs / "Hopper-v4__dacerv2__1", curve([50, 60, 70]), hparams_of("Hopper-v4", "dacerv2", 1))
     write_events(runs / "Hopper-v4__dacerv2__2", curve([50, 60, 70])[:12], hparams_of("Hopper-v4", "dacerv2", 2))
     write_events(runs / "Hopper-v4__dacerv2__3", [], hparams_of("Hopper-v4", "dacerv2", 3))  # queued, just started
-    result = report_cli(runs, "--out", tmp_path / "out")
+    plan = tmp_path / "logs" / "planned_runs.txt"  # as a launch writes it: seeds 1-4, seed 4 never started
+    plan.parent.mkdir()
+    plan.write_text("".join(f"/venv/bin/python /repo/dacerv2_continuous.py --env-id Hopper-v3 --seed {seed} --exp-name "
+                            "dacerv2 --resume-if-exists\n" for seed in (1, 2, 3, 4)))
+    result = report_cli(runs, "--out", tmp_path / "out", "--planned", plan)
     assert result.returncode == 0, result.stderr
     assert "| Hopper-v4 | dacerv2 | - | 2 |" in result.stdout
     incomplete = result.stdout.split("## Incomplete runs")[1].split("## Notes")[0]
-    assert "- Hopper-v4 / dacerv2 / seed 2: iteration 110 of 200 (`Hopper-v4__dacerv2__2`)" in incomplete
+    assert "- Hopper-v4 / dacerv2 / seed 2: env step 1,100 of 2,000 (`Hopper-v4__dacerv2__2`)" in incomplete
     assert "- `Hopper-v4__dacerv2__3`: no evaluation yet" in incomplete
-    assert "seed 1" not in incomplete
+    assert f"- Hopper-v3 / dacerv2 / seed 4: planned in {plan}, no run folder (not started yet, or failed" in incomplete
+    assert "seed 1" not in incomplete and "seed 3:" not in incomplete
+    assert "last evaluation at env step 1,100 of 2,000 planned" in result.stdout
+    without_plan = report_cli(runs, "--out", tmp_path / "out").stdout
+    assert "seed 4" not in without_plan
+    plan.write_text("just some notes\n")
+    refused = report_cli(runs, "--out", tmp_path / "out", "--planned", plan)
+    assert refused.returncode == 2 and "not a training command: just some notes" in refused.stderr
 
 
 def test_sac_baseline_logs_the_shared_tags_and_is_reported_beside_dacerv2_and_dacer(tmp_path):

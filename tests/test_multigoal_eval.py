@@ -207,7 +207,8 @@ def test_eval_only_without_resume_is_the_network_a_run_starts_from(tmp_path):
     without gradient updates saves exactly that network, and both evaluate to the same trajectories."""
     flags = ["--env-id", "MultiGoal4-v0", "--hidden-dim", "16", "--seed", "7", "--no-cuda", "--eval-episodes", "1"]
     command = [sys.executable, SCRIPT, *flags]
-    trained = [*command, "--total-timesteps", "40", "--learning-starts", "100", "--num-envs", "2", "--save-model"]
+    trained = [*command, "--total-timesteps", "40", "--learning-starts", "100", "--batch-size", "32", "--num-envs", "2",
+               "--save-model"]
     assert subprocess.run(trained, cwd=tmp_path, capture_output=True, timeout=300).returncode == 0
     (checkpoint,) = tmp_path.glob("runs/*/*.pt")
     evaluations = {out: subprocess.Popen([*command, "--eval-only", *extra, "--eval-dir", out], cwd=tmp_path,
@@ -301,7 +302,9 @@ def test_report_with_nothing_usable_left_says_why_in_one_line(multigoal_checkpoi
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("junk", "cannot read"),
+        ("junk", "is not a checkpoint (not a whole torch.save file: truncated, or another kind)"),
+        ("empty", "is empty (0 bytes), not a checkpoint"),
+        ("truncated", "is not a checkpoint (not a whole torch.save file"),
         ({"model": 1}, "is not a checkpoint of dacerv2_continuous.py"),
         ("hopper", "was trained on 'Hopper-v4', not a multi-goal env"),
         ("old", "does not record the script that wrote it"),
@@ -312,6 +315,10 @@ def test_unusable_checkpoints_are_skipped_with_a_reason(multigoal_checkpoint, tm
     path = tmp_path / "x.pt"
     if content == "junk":
         path.write_text("not a checkpoint")
+    elif content == "empty":
+        path.write_bytes(b"")
+    elif content == "truncated":
+        path.write_bytes(Path(source).read_bytes()[:5000])
     elif content == "hopper":
         path = derived_checkpoint(source, tmp_path, "run", "x", env_id="Hopper-v4")
     elif content == "old":  # written before checkpoints recorded their script
@@ -408,11 +415,11 @@ def test_report_evaluates_a_copy_whose_actor_has_another_architecture(tmp_path, 
 # ---------------------------------------------------------------- benchmark/multigoal.sh
 
 
-def multigoal_sh(*args, cwd, python="python"):
+def multigoal_sh(*args, cwd, python=sys.executable):
     """Run benchmark/multigoal.sh with bash from cwd; returns the CompletedProcess."""
     env = {**os.environ, "PYTHON": python}
     command = ["bash", str(REPO / "benchmark" / "multigoal.sh"), *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_multigoal_sh_dry_run(tmp_path):
@@ -423,7 +430,7 @@ def test_multigoal_sh_dry_run(tmp_path):
     budget = ["--total-timesteps", "200000", "--preset", "short", "--save-model", "--total-timesteps", "5000"]
     expected = []
     for env in ["MultiGoal4-v0", "MultiGoal5-v0", "MultiGoal6-v0"]:
-        common = ["python", SCRIPT, "--env-id", env, "--seed", "1", "--exp-name"]
+        common = [sys.executable, SCRIPT, "--env-id", env, "--seed", "1", "--exp-name"]
         expected.append([*common, "dacerv2", *budget, ">", f"logs/{env}__dacerv2__1.log", "2>&1"])
         baseline = ["dacer", "--diffusion-steps", "20", "--q-grad-coef", "0", *budget]
         expected.append([*common, *baseline, ">", f"logs/{env}__dacer__1.log", "2>&1"])
@@ -452,7 +459,7 @@ def test_multigoal_sh_help_and_bad_env(tmp_path):
 
 def test_multigoal_sh_reports_after_the_runs_even_if_one_failed(tmp_path):
     stub = tmp_path / "stub_python"  # records its arguments; the DACER runs fail
-    stub.write_text('#!/bin/bash\necho "$*" >> calls.txt\n[[ "$*" != *"--exp-name dacer "* ]]\n')
+    stub.write_text('#!/bin/bash\n[[ "$*" == *--dry-run ]] && exit\necho "$*" >> calls.txt\n[[ "$*" != *"--exp-name dacer "* ]]\n')
     stub.chmod(0o755)
     result = multigoal_sh("--envs", "MultiGoal6-v0", "--seeds", "1", "--out", "figs", cwd=tmp_path, python=str(stub))
     assert result.returncode == 1 and "FAILED" in result.stderr

@@ -1,5 +1,6 @@
 """Reliability: exact resume, interrupts that keep the run, the divergence guard, and bad input that fails cleanly."""
 
+import contextlib
 import hashlib
 import os
 import shlex
@@ -109,7 +110,8 @@ def test_periodic_checkpoints_hold_everything(tmp_path):
     assert saved["iteration"] == 200 and "buffer" not in saved  # the last multiple of 100 of 201 iterations
     assert {"random_state", "alpha_optimizer", "omega", "entropy", "critic_target"} <= set(saved)
     result = run(["--resume", str(only_checkpoint(tmp_path)), "--total-timesteps", "800"], tmp_path)
-    assert result.returncode == 0 and "the replay buffer is refilled first" in result.stdout
+    assert result.returncode == 0 and "the replay buffer is refilled first: 200 env steps of the policy, counted in "\
+        "--total-timesteps" in result.stdout
     # no weight depends on T, so a changed --diffusion-steps must be refused explicitly
     result = run(["--resume", str(only_checkpoint(tmp_path)), "--diffusion-steps", "10"], tmp_path)
     assert result.returncode == 2 and "trained with --diffusion-steps 5" in result.stderr
@@ -119,18 +121,59 @@ def test_periodic_checkpoints_hold_everything(tmp_path):
 def test_signal_saves_a_checkpoint_and_exits(tmp_path, signum, status):
     cmd = [sys.executable, SCRIPT, *PENDULUM, "--total-timesteps", "10000000", "--log-frequency", "20"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    before = []
     for line in proc.stdout:  # wait until training runs and has logged (evaluation every 100 iterations)
+        before.append(line)
         if "eval/episodic_return=" in line:
             break
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
+    out = "".join(before) + out
     assert proc.returncode == status, err
     assert "Traceback" not in err
     assert f"--resume {only_checkpoint(tmp_path).relative_to(tmp_path)}" in out
     assert f"stopped by {signal.Signals(signum).name}" in out
+    assert "run folder: runs/" in out and "on a CPU, 10,000,000 env steps take days" in out
     saved = torch.load(only_checkpoint(tmp_path), weights_only=True)
     assert saved["global_step"] > 200 and saved["iteration"] >= 100
     assert scalars(tmp_path, "losses/qf1_loss")  # the writer was flushed and closed
+
+
+def test_ctrl_c_in_a_terminal_stops_with_an_honest_last_bar(tmp_path):
+    """Ctrl-C typed into a terminal (a pty, the run in its foreground): the bar's redraw after ^C shows the rate of the
+    whole training phase (no burst rate of the last few steps), then the checkpoint and the resume command."""
+    import fcntl
+    import pty
+    import re
+    import select
+    import struct
+    import termios
+    import time
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 150, 0, 0))
+    proc = subprocess.Popen([sys.executable, SCRIPT, *PENDULUM, "--total-timesteps", "100000"], cwd=tmp_path,
+                            stdin=follower, stdout=follower, stderr=follower, start_new_session=True,
+                            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+    os.close(follower)
+    screen, typed, deadline = b"", False, time.time() + 240
+    while proc.poll() is None and time.time() < deadline:
+        if select.select([leader], [], [], 0.2)[0]:
+            with contextlib.suppress(OSError):
+                screen += os.read(leader, 65536)
+        if not typed and screen.count(b"training:") > 20:  # the training bar has been redrawn for a while
+            os.write(leader, b"\x03")
+            typed = True
+    with contextlib.suppress(OSError):
+        while select.select([leader], [], [], 0.5)[0] and (chunk := os.read(leader, 65536)):
+            screen += chunk
+    os.close(leader)
+    text = screen.decode(errors="replace")
+    assert proc.wait(timeout=60) == 130 and "^C" in text, text[-2000:]
+    rates = [float(rate) for rate in re.findall(r"training: .*?, ([0-9.]+) steps/s", text.split("^C")[0])]
+    last = re.findall(r"training: .*?, ([0-9.]+) steps/s", text.split("^C")[1])
+    assert rates and last and abs(float(last[-1]) - rates[-1]) <= 0.25 * rates[-1], (rates[-5:], last)
+    assert "checkpoint saved to runs/" in text and "stopped by SIGINT" in text
 
 
 def test_resume_if_exists_uses_one_folder_and_continues_from_its_checkpoint(tmp_path):
@@ -151,13 +194,16 @@ def test_resume_if_exists_uses_one_folder_and_continues_from_its_checkpoint(tmp_
 
 
 def test_the_printed_resume_command_runs_as_printed(tmp_path):
-    """The command printed after --save-model runs as printed (N filled in), with this interpreter, not `python`."""
+    """The command printed after --save-model runs as printed (N filled in), with this interpreter, not `python`, and
+    from any folder: it goes to the run's folder first."""
     result = run([*PENDULUM, "--total-timesteps", "400", "--save-model"], tmp_path)
     assert result.returncode == 0, result.stderr
     (printed,) = [line for line in result.stdout.splitlines() if "continue with: " in line]
     command = printed.partition("continue with: ")[2].replace("--total-timesteps N", "--total-timesteps 600")
-    assert command.startswith(shlex.quote(sys.executable))
-    resumed = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    assert command.startswith(f"cd {shlex.quote(str(tmp_path))} && {shlex.quote(sys.executable)} /")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    resumed = subprocess.run(command, shell=True, cwd=elsewhere, capture_output=True, text=True, timeout=300,
                              env={"PATH": "/nonexistent"})
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout and torch.load(only_checkpoint(tmp_path))["global_step"] == 600
@@ -270,15 +316,22 @@ BAD_INPUTS = {
     "unknown flag": (["--bogus-flag", "1"], "Unrecognized options: --bogus-flag"),
     "missing value": (["--total-timesteps"], "Missing value for argument '--total-timesteps'"),
     "unknown env": (["--env-id", "Hoper-v4"], "did you mean Hopper-v4"),
-    "discrete actions": (["--env-id", "CartPole-v1"], "Discrete(2) action space; DACERv2 needs flat Box spaces"),
+    "the project's version first": (["--env-id", "Hopper"], "did you mean Hopper-v4, "),
+    "discrete actions": (["--env-id", "CartPole-v1"], "CartPole-v1 has discrete actions; DACERv2 needs continuous "
+                         "actions and flat observations (1-D Boxes)"),
+    "warm-up below batch": (["--learning-starts", "10"], "--learning-starts (10) must be at least --batch-size (256)"),
+    "buffer below batch": (["--buffer-size", "100", "--learning-starts", "50"], "must be at least --batch-size (256)"),
+    "infinite lr": (["--q-lr", "inf"], "--q-lr must be a finite positive number, got inf"),
+    "preset none is a choice": (["--preset", "None"], "Expected one of ('none', 'short')"),
     "missing checkpoint": (["--resume", "missing.pt"], "'missing.pt' does not exist"),
     "corrupt checkpoint": (["--resume", "garbage.pt"], "'garbage.pt' is not a checkpoint written by this script"),
-    "text checkpoint": (["--resume", "notes.txt"], "'notes.txt' is not a checkpoint written by this script"),
+    "text checkpoint": (["--resume", "notes.txt"], "'notes.txt' is not a checkpoint written by this script (not a "
+                        "whole torch.save file)"),
     "empty checkpoint": (["--resume", "empty.pt"], "'empty.pt' is empty, not a checkpoint"),
     "folder as checkpoint": (["--resume", "runs_folder"], "'runs_folder' is a folder; give the checkpoint file in it"),
     "foreign checkpoint": (["--resume", "foreign.pt"], "is not a checkpoint of this script"),
-    "checkpoint of another env": (["--resume", "pendulum.pt", "--env-id", "Hopper-v4"],
-                                  "the checkpoint was trained with --env-id Pendulum-v1"),
+    "checkpoint of another env": (["--resume", "pendulum.pt", "--env-id", "Hopper-v4"], "the checkpoint was trained "
+                                  "with --env-id Pendulum-v1; a run keeps it: leave the flag out, or start a new run"),
     "legacy id that never existed": (["--env-id", "InvertedDoublePendulum-v3"],
                                      "unknown env id 'InvertedDoublePendulum-v3'; did you mean"),
     "runs is a file": (["--env-id", "Pendulum-v1"], "is not a writable folder"),

@@ -64,6 +64,37 @@ def test_console_shows_a_progress_bar_and_no_episode_lines_or_gymnasium_warnings
     assert "out of date" not in result.stderr and "Warning" not in result.stderr
 
 
+def test_console_names_the_run_folder_first_and_draws_each_phase_once_into_a_log_file(hopper_run):
+    """Not a terminal (a log file, Slurm): no redraws around the printed lines, each phase's bar once at its end."""
+    cwd, run_dir, result = hopper_run
+    assert f"run folder: runs/{run_dir.name} (follow it with: tensorboard --logdir runs)" in result.stdout
+    assert result.stdout.index("run folder:") < result.stdout.index("warm-up done")
+    bars = result.stderr.replace("\r", "\n").splitlines()
+    assert not [line for line in bars if line and not line.strip()]  # no blanked-out bar before a printed line
+    assert sum(line.startswith("warm-up: 100%") for line in bars) == 1 and "200/200" in result.stderr
+    assert sum(line.startswith("training: 100%") for line in bars) == 1
+    assert "on a CPU" not in result.stdout  # only for budgets of days
+
+
+def test_losses_are_logged_early_in_a_run_and_then_every_log_frequency(tmp_path):
+    result = run(["--env-id", "Pendulum-v1", "--no-cuda", "--num-envs", "2", "--total-timesteps", "600",
+                  "--learning-starts", "200", "--batch-size", "32", "--hidden-dim", "32", "--gmm-samples", "20",
+                  "--eval-episodes", "2", "--log-frequency", "150"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    iterations = [(e.step - 198) // 2 + 1 for e in read_events(run_dir).Scalars("losses/qf1_loss")]
+    assert iterations == [10, 100, 150], iterations  # at global_step 198 + 2 (iteration - 1)
+
+
+def test_dry_run_checks_and_exits_without_a_run_folder(tmp_path):
+    result = run(["--env-id", "Hopper-v3", "--dry-run", "--resume-if-exists", "--seed", "4"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "dry run: the arguments and Hopper-v4 check out; Hopper-v4__dacerv2_continuous__4 would start" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+    bad = run(["--env-id", "Hopper-v9", "--dry-run"], tmp_path)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown env id 'Hopper-v9'")
+
+
 def test_print_episodes_brings_the_episode_lines_back(tmp_path):
     result = run(["--env-id", "Pendulum-v1", "--no-cuda", "--num-envs", "2", *TINY, "--print-episodes"], tmp_path)
     assert result.returncode == 0, result.stderr
@@ -235,7 +266,7 @@ def test_capture_video_without_moviepy_fails_in_one_line(tmp_path):
 def test_a_flag_added_to_an_edited_copy_gets_its_check_beside_args(tmp_path):
     """README "Modifying the script": a new flag is one field in Args and one line in check_args, right below it."""
     source = Path(SCRIPT).read_text()
-    field = '    preset: Optional[Literal["short"]] = None\n'
+    field = '    preset: Literal["none", "short"] = "none"\n'
     check = '    if args.learning_starts > args.buffer_size:\n'
     assert source.count(field) == 1 and source.count(check) == 1
     source = source.replace(field, '    my_coef: float = 0.5\n    """the weight of my idea"""\n' + field)
@@ -261,7 +292,7 @@ def test_preset_short_is_only_a_set_of_existing_flags(monkeypatch, tmp_path):
     by_hand = [f"--{name.replace('_', '-')}={value}" for name, value in flags.items()]
     parse = lambda argv: dacer.parse_args(argv)[0]  # noqa: E731
     preset = parse(["--preset", "short"])
-    assert dataclasses.replace(preset, preset=None) == parse(by_hand) != dacer.Args()
+    assert dataclasses.replace(preset, preset="none") == parse(by_hand) != dacer.Args()
     name, value = next(iter(flags.items()))  # a flag given on the command line overrides the preset's
     given = parse(["--preset", "short", f"--{name.replace('_', '-')}={value * 2}"])
     assert getattr(given, name) == value * 2

@@ -81,11 +81,19 @@ def uninterrupted(slurm, tmp_path_factory):
 def test_a_grid_runs_as_a_job_array_and_report_reads_it(slurm, uninterrupted):
     for seed in (1, 2):
         assert final_checkpoint(uninterrupted, seed)["iteration"] == ITERATIONS, log_of(uninterrupted, seed)
-    report = subprocess.run([sys.executable, str(REPO / "benchmark" / "report.py"), "runs", "--out", "results"],
-                            cwd=uninterrupted, capture_output=True, text=True)
+    (sbatch,) = (uninterrupted / "logs").glob("*.sbatch")
+    assert f"'{sys.executable} {REPO / 'dacerv2_continuous.py'} --env-id Pendulum-v1 --seed 1 " in sbatch.read_text()
+    plan = uninterrupted / "logs" / "planned_runs.txt"
+    report = subprocess.run([sys.executable, str(REPO / "benchmark" / "report.py"), "runs", "--out", "results",
+                             "--planned", str(plan)], cwd=uninterrupted, capture_output=True, text=True)
     assert report.returncode == 0, report.stderr
     assert "| Pendulum-v1 | dacerv2 | - | 2 |" in report.stdout
     assert "none: every run reached its planned total" in report.stdout
+    lost = uninterrupted / "lost_task.txt"  # the plan of a grid whose third task never started
+    lost.write_text(plan.read_text() + plan.read_text().splitlines()[0].replace("--seed 1 ", "--seed 3 ") + "\n")
+    report = subprocess.run([sys.executable, str(REPO / "benchmark" / "report.py"), "runs", "--out", "results",
+                             "--planned", str(lost)], cwd=uninterrupted, capture_output=True, text=True)
+    assert f"- Pendulum-v1 / dacerv2 / seed 3: planned in {lost}, no run folder" in report.stdout, report.stdout
 
 
 def test_requeued_and_warned_tasks_resume_and_end_as_uninterrupted_ones(slurm, uninterrupted, tmp_path):
@@ -131,4 +139,5 @@ def test_bad_slurm_input_is_one_line_and_exit_2(slurm, tmp_path):
                                 env=env, capture_output=True, text=True)
         assert result.returncode == 2, (case, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, (case, result.stderr)
+        assert not (tmp_path / "logs").exists(), case  # a refused job leaves no sbatch file or empty log folder
     assert "Partition" in slurm_command(slurm, "scontrol", "show", "partition")  # the daemons are still fine
