@@ -7,11 +7,15 @@ Reads the TensorBoard event files of every run folder `runs/{env_id}__{exp_name}
 that have not reached their --total-timesteps yet (still running, waiting in a queue, or stopped) and, with --planned
 (the file benchmark/*.sh launches write), every run of the grid that has no run folder at all.
 Metrics: README "Results" (TAR as in the DACER paper's Table 1 caption; the normalised score of DACERv2's §4.3).
+With --random (benchmark/random_baseline.py's JSON) the tables get a uniform-random row per task, and an aggregate
+over tasks: the interquartile mean (IQM) of baseline-normalised scores, (TAR - random) / (baseline TAR - random) per
+task and seed, with a stratified-bootstrap 95 % interval (as rliable computes it), the baseline being --baseline.
 --reference draws a published curve (one CSV per seed, its step taken as the iteration) on an env's figure.
 """
 
 import argparse
 import csv
+import json
 import re
 import shlex
 import sys
@@ -27,6 +31,8 @@ from scipy import stats  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 EVAL_TAG = "eval/episodic_return"
+UPDATE_MS_TAG = "charts/update_ms"
+BOOTSTRAP_SAMPLES = 2_000
 HPARAMS_TAG = "hyperparameters/text_summary"
 DEFAULT_NUM_ENVS = 20
 PAPER_SEEDS = 5
@@ -74,6 +80,7 @@ class Run:
     total_timesteps: int
     hparams: dict = field(default_factory=dict)
     fallbacks: list = field(default_factory=list)
+    update_ms: float = float("nan")  # the median of the logged charts/update_ms (the mean of each logging interval)
 
     @property
     def iterations(self):
@@ -99,14 +106,16 @@ def parse_hparams(text):
 
 
 def read_event_file(path):
-    """Return ([(wall_time, step, value), ...] of the eval tag, hyperparameters dict) of one event file."""
+    """Return ([(wall_time, step, value), ...] of the eval tag, hyperparameters dict, [update_ms values]) of one
+    event file."""
     acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0}).Reload()
     tags = acc.Tags()
     scalars = [(e.wall_time, e.step, e.value) for e in acc.Scalars(EVAL_TAG)] if EVAL_TAG in tags["scalars"] else []
+    update_ms = [e.value for e in acc.Scalars(UPDATE_MS_TAG)] if UPDATE_MS_TAG in tags["scalars"] else []
     hparams = {}
     if HPARAMS_TAG in tags["tensors"]:
         hparams = parse_hparams(acc.Tensors(HPARAMS_TAG)[0].tensor_proto.string_val[0].decode())
-    return scalars, hparams
+    return scalars, hparams, update_ms
 
 
 def merge_scalars(scalars):
@@ -141,11 +150,12 @@ def int_hparam(hparams, key, default, fallbacks, description):
 
 def load_run(run_dir, event_files):
     """Build a Run from all event files of one run folder (a resumed run has several; the last hyperparameters win)."""
-    scalars, hparams = [], {}
+    scalars, hparams, update_ms = [], {}, []
     for path in event_files:
-        file_scalars, file_hparams = read_event_file(path)
+        file_scalars, file_hparams, file_update_ms = read_event_file(path)
         scalars += file_scalars
         hparams = file_hparams or hparams
+        update_ms += file_update_ms
     env_id, exp_name, seed = parse_run_name(run_dir.name, hparams)
     if not scalars:
         raise ReportError(f"{run_dir.name}: no {EVAL_TAG} scalars, skipped")
@@ -154,7 +164,8 @@ def load_run(run_dir, event_files):
     num_envs = int_hparam(hparams, "num_envs", DEFAULT_NUM_ENVS, fallbacks, f"num_envs = {DEFAULT_NUM_ENVS} assumed")
     largest = "total_timesteps = the largest step seen (a partial run cannot be detected)"
     total = int_hparam(hparams, "total_timesteps", int(steps[-1]), fallbacks, largest)
-    return Run(run_dir, env_id, exp_name, seed, steps, returns, num_envs, total, hparams, fallbacks)
+    median_ms = float(np.median(update_ms)) if update_ms else float("nan")  # robust to a first, compiling interval
+    return Run(run_dir, env_id, exp_name, seed, steps, returns, num_envs, total, hparams, fallbacks, median_ms)
 
 
 def load_runs(runs_dir):
@@ -218,6 +229,27 @@ class Row:
         """Population standard deviation (ddof=0) of the TAR over seeds."""
         return float(np.std(self.tars))
 
+    @property
+    def interval(self):
+        """The 95 % Student-t confidence interval of the mean TAR (sample std, n - 1 degrees of freedom); None for
+        one seed."""
+        n = len(self.tars)
+        if n < 2:
+            return None
+        half = stats.t.ppf(0.975, n - 1) * np.std(self.tars, ddof=1) / np.sqrt(n)
+        return self.mean - half, self.mean + half
+
+    @property
+    def final(self):
+        """The mean over seeds of each seed's last evaluation."""
+        return float(np.mean([run.returns[-1] for run in self.runs]))
+
+    @property
+    def update_ms(self):
+        """The mean over seeds of each run's median update time in ms (NaN when the runs do not log it)."""
+        values = [run.update_ms for run in self.runs if np.isfinite(run.update_ms)]
+        return float(np.mean(values)) if values else float("nan")
+
 
 def summarise(runs):
     """One Row per (env, exp_name), seeds sorted, rows sorted by env then configuration."""
@@ -248,6 +280,33 @@ def normalised_scores(rows, best_of=None):
         if best.get(row.env_id, 0) > 0:
             scores.setdefault(row.config, []).append(100 * row.mean / best[row.env_id])
     return {config: (float(np.mean(s)), float(np.std(s)), len(s)) for config, s in scores.items()}
+
+
+def iqm(values):
+    """The interquartile mean, as rliable computes it: scipy's trim_mean cutting 25 % at each end (int(n / 4) values;
+    none below 4 values, where it is the mean)."""
+    return float(stats.trim_mean(values, 0.25))
+
+
+def aggregate_scores(rows, random_scores, baseline, samples=BOOTSTRAP_SAMPLES, seed=0):
+    """{config: (tasks, runs, IQM, CI low, CI high)} of the baseline-normalised scores (TAR - random) / (baseline mean
+    TAR - random) of every task and seed, over the tasks that have a random score, the baseline and the config. The
+    interval is the 2.5th and 97.5th percentile of the IQM over stratified bootstrap samples: each task's seeds are
+    resampled with replacement, tasks kept as they are (rliable's stratified bootstrap)."""
+    reference = {row.env_id: row.mean for row in rows if row.config == baseline}
+    rng = np.random.default_rng(seed)
+    result = {}
+    for config in dict.fromkeys(row.config for row in rows):
+        scores = [(np.array(row.tars) - random_scores[row.env_id]) / (reference[row.env_id] - random_scores[row.env_id])
+                  for row in rows if row.config == config and row.env_id in reference and row.env_id in random_scores
+                  and reference[row.env_id] != random_scores[row.env_id]]
+        if not scores:
+            continue
+        resampled = [iqm(np.concatenate([task[rng.integers(0, len(task), len(task))] for task in scores]))
+                     for _ in range(samples)]
+        low, high = np.percentile(resampled, [2.5, 97.5])
+        result[config] = (len(scores), sum(map(len, scores)), iqm(np.concatenate(scores)), float(low), float(high))
+    return result
 
 
 def config_differences(rows):
@@ -324,11 +383,10 @@ def reference_curve(seeds, limit):
     return (learning_curve(kept), len(kept)) if kept else None
 
 
-def plot_env(env_id, rows, out_dir, references=()):
-    """Write the learning curves of all configurations on one env, and the reference curves given for it ((label,
-    seeds), dashed, black, up to the runs' last iteration), to OUT/{env}.png; returns the file name and, per
-    reference, the number of its seeds drawn (0: none reaches into the runs' range)."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+def draw_env(ax, env_id, rows, references=()):
+    """Draw the learning curves of all configurations on one env into ax, and the reference curves given for it
+    ((label, seeds), dashed, black, up to the runs' last iteration); returns, per reference, the number of its seeds
+    drawn (0: none reaches into the runs' range)."""
     for row in rows:
         grid, mean, low, high, _ = learning_curve(row.runs)
         (line,) = ax.plot(grid, mean, label=f"{row.config} ({len(row.runs)} seeds)")
@@ -345,11 +403,34 @@ def plot_env(env_id, rows, out_dir, references=()):
     ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
+    return drawn
+
+
+def plot_env(env_id, rows, out_dir, references=()):
+    """Write draw_env's figure of one env to OUT/{env}.png; returns the file name and draw_env's counts."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = draw_env(ax, env_id, rows, references)
     fig.tight_layout()
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", env_id) + ".png"
     fig.savefig(out_dir / name, dpi=120)
     plt.close(fig)
     return name, drawn
+
+
+def plot_all(rows, out_dir):
+    """Write one figure with a panel per env (draw_env's, no references) to OUT/all_tasks.png; returns its name."""
+    envs = sorted({row.env_id for row in rows})
+    columns = min(4, len(envs))
+    lines_of_panels = -(-len(envs) // columns)
+    fig, axes = plt.subplots(lines_of_panels, columns, figsize=(4.5 * columns, 3.5 * lines_of_panels), squeeze=False)
+    for ax, env in zip(axes.flat, envs):
+        draw_env(ax, env, [row for row in rows if row.env_id == env])
+    for ax in axes.flat[len(envs):]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(out_dir / "all_tasks.png", dpi=100)
+    plt.close(fig)
+    return "all_tasks.png"
 
 
 def fmt(mean, std):
@@ -363,23 +444,52 @@ def paper_cell(algo, env_id):
     return f"{value[0]} ± {value[1]}" if value else "-"
 
 
-def tar_table(rows):
-    """Markdown lines of the TAR table."""
+def tar_table(rows, random_scores=None):
+    """Markdown lines of the TAR table; with random_scores ({env: (mean, std, episodes)}), a row of uniform random
+    actions after each env's configurations."""
     differences = config_differences(rows)
     lines = [
-        "| env | configuration | differs in | seeds | TAR (mean ± std) | TAR per seed | paper DACERv2 | paper DACER |",
-        "|-|-|-|-|-|-|-|-|",
+        "| env | configuration | differs in | seeds | TAR (mean ± std) | 95 % CI | final eval | ms/update "
+        "| TAR per seed | paper DACERv2 | paper DACER |",
+        "|-|-|-|-|-|-|-|-|-|-|-|",
     ]
-    for row in rows:
+    for i, row in enumerate(rows):
         per_seed = ", ".join(
             f"{run.seed}: {value:.1f}" + (" (partial)" if run.partial else "") for run, value in zip(row.runs, row.tars)
         )
+        interval = f"[{row.interval[0]:.1f}, {row.interval[1]:.1f}]" if row.interval else "-"
+        ms = f"{row.update_ms:.1f}" if np.isfinite(row.update_ms) else "-"
         lines.append(
             f"| {row.env_id} | {row.config} | {differences.get((row.env_id, row.config)) or '-'} | {len(row.runs)} "
-            f"| {fmt(row.mean, row.std)} | {per_seed} | {paper_cell('DACERv2', row.env_id)} "
-            f"| {paper_cell('DACER', row.env_id)} |"
+            f"| {fmt(row.mean, row.std)} | {interval} | {row.final:.1f} | {ms} | {per_seed} "
+            f"| {paper_cell('DACERv2', row.env_id)} | {paper_cell('DACER', row.env_id)} |"
         )
+        last_of_env = i + 1 == len(rows) or rows[i + 1].env_id != row.env_id
+        if last_of_env and random_scores and row.env_id in random_scores:
+            mean, std, episodes = random_scores[row.env_id]
+            lines.append(f"| {row.env_id} | random (uniform actions) | - | - | {fmt(mean, std)} | - | - | - "
+                         f"| {episodes} episodes | - | - |")
     return lines
+
+
+def aggregate_table(rows, random_scores, baseline):
+    """Markdown lines of the IQM of baseline-normalised scores and the sentence on its formula (none without random
+    scores or baseline runs)."""
+    aggregate = aggregate_scores(rows, {env: value[0] for env, value in random_scores.items()}, baseline)
+    if not aggregate:
+        return [f"No aggregate: it needs --random scores and runs of the baseline ({baseline}) on the same tasks."]
+    lines = ["| configuration | tasks | runs | IQM of normalised scores | 95 % CI (stratified bootstrap) |",
+             "|-|-|-|-|-|"]
+    for config, (tasks, runs, value, low, high) in aggregate.items():
+        lines.append(f"| {config} | {tasks} | {runs} | {value:.3f} | [{low:.3f}, {high:.3f}] |")
+    return lines + [
+        "",
+        f"Score of a run = (TAR - random) / ({baseline}'s mean TAR - random) on its task: 0 is uniform random actions, "
+        f"1 is {baseline}. IQM = the mean of the middle 50 % of all the configuration's task-and-seed scores "
+        f"(scipy's trim_mean(scores, 0.25), as rliable computes it); the interval is the 2.5th-97.5th percentile of "
+        f"the IQM over {BOOTSTRAP_SAMPLES:,} stratified bootstrap samples (each task's seeds resampled with "
+        "replacement). A configuration is aggregated over the tasks it ran (the column \"tasks\").",
+    ]
 
 
 def score_table(rows):
@@ -440,6 +550,16 @@ def env_notes(rows):
     return notes
 
 
+def read_random(path, envs):
+    """{env: (mean, std, episodes)} of benchmark/random_baseline.py's JSON, for the envs it has (-v3 ids match -v4)."""
+    try:
+        data = json.loads(Path(path).read_text())
+        by_task = {base_name(env): (float(v["mean"]), float(v["std"]), int(v["episodes"])) for env, v in data.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ReportError(f"--random {path}: not random_baseline.py's JSON ({type(error).__name__})") from None
+    return {env: by_task[base_name(env)] for env in envs if base_name(env) in by_task}
+
+
 def read_planned(path):
     """(env_id, exp_name, seed) of every run in a launcher's plan file (one training command per line)."""
     try:
@@ -471,7 +591,8 @@ def incomplete_runs(runs_dir, runs, rows, planned=(), planned_file=None):
     return lines + [f"- `{folder.name}`: no evaluation yet" for folder in folders] + missing
 
 
-def render_markdown(runs_dir, rows, curves, notes, incomplete=(), references=()):
+def render_markdown(runs_dir, rows, curves, notes, incomplete=(), references=(), random_scores=None,
+                    baseline="sac", all_tasks=None):
     """The whole results.md as one string."""
     n_runs = sum(len(row.runs) for row in rows)
     envs = sorted({row.env_id for row in rows})
@@ -486,13 +607,20 @@ def render_markdown(runs_dir, rows, curves, notes, incomplete=(), references=())
         "(iteration >= 0.9 x the planned total, total_timesteps / num_envs; for a partial run, >= 0.9 x the last "
         "iteration it reached). Mean ± **population** std (ddof=0, the paper does not say which) over seeds. "
         '"differs in" lists the hyperparameters that tell the configurations of an env apart. Paper columns: '
-        "Table 2 of the paper (gym -v3 tasks, 5 seeds, 1.5 M iterations), matched by task name.",
+        "Table 2 of the paper (gym -v3 tasks, 5 seeds, 1.5 M iterations), matched by task name, for scale. 95 % CI: "
+        "the Student-t interval of the mean TAR over seeds (sample std; none for one seed). Final eval: the mean over "
+        "seeds of the last evaluation. ms/update: the median over a run's logging intervals of the mean update time "
+        "(the training script's `charts/update_ms`), averaged over seeds."
+        + (" Random rows: uniform random actions, mean ± std over episodes (benchmark/random_baseline.py)."
+           if random_scores else ""),
         "",
-        *tar_table(rows),
+        *tar_table(rows, random_scores),
         "",
         "## Normalised average score",
         "",
         *score_table(rows),
+        *(["", f"## Aggregate over tasks: IQM of {baseline}-normalised scores", "",
+           *aggregate_table(rows, random_scores, baseline)] if random_scores else []),
         "",
         "## Learning curves",
         "",
@@ -505,6 +633,7 @@ def render_markdown(runs_dir, rows, curves, notes, incomplete=(), references=())
           f"are taken as iterations; drawn up to the runs' last iteration ({drawn} of {len(files)} seeds have points "
           "there)." for env, label, files, drawn in references),
         *([""] if references else []),
+        *([f"![every task]({all_tasks})", ""] if all_tasks else []),
         *(line for env in envs for line in (f"![{env}]({curves[env]})", "")),
         "## Incomplete runs",
         "",
@@ -525,6 +654,10 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs_dir", type=Path, help="the folder holding the run folders (e.g. runs)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="where results.md and the PNGs go")
+    parser.add_argument("--random", type=Path, help="uniform-random returns per env (benchmark/random_baseline.py's "
+                        "JSON): a random row per task and the IQM of --baseline-normalised scores")
+    parser.add_argument("--baseline", default="sac", help="the configuration (exp_name) that normalises the aggregate "
+                        "scores (default: sac)")
     parser.add_argument("--planned", type=Path, help="a launcher's plan (LOG_DIR/planned_runs.txt): list every "
                         "planned run that has no run folder")
     parser.add_argument("--reference", nargs="+", action="append", default=[], metavar=("ENV_ID", "LABEL CSV"),
@@ -541,6 +674,7 @@ def main(argv=None):
         planned = read_planned(args.planned) if args.planned else []
         rows = summarise(drop_duplicate_seeds(runs, notes))
         envs = {row.env_id for row in rows}
+        random_scores = read_random(args.random, envs) if args.random else None
         references = {env: [] for env in envs}
         for reference in args.reference:
             if len(reference) < 3:
@@ -561,7 +695,9 @@ def main(argv=None):
         reference_lines += [(env, label, files, n) for (label, files, _), n in zip(given, drawn)]
     notes = run_notes(rows) + notes + env_notes(rows)
     incomplete = incomplete_runs(args.runs_dir, runs, rows, planned, args.planned)
-    markdown = render_markdown(args.runs_dir, rows, curves, notes, incomplete, reference_lines)
+    all_tasks = plot_all(rows, args.out) if len(envs) > 1 else None
+    markdown = render_markdown(args.runs_dir, rows, curves, notes, incomplete, reference_lines, random_scores,
+                               args.baseline, all_tasks)
     (args.out / "results.md").write_text(markdown)
     print(markdown, end="")
 

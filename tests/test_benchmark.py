@@ -1,6 +1,7 @@
 """Tests of benchmark/: report.py on synthetic TensorBoard runs, and the launch scripts' --dry-run and --help."""
 
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -167,12 +168,12 @@ def test_report_cli_writes_markdown_and_pngs(runs_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     markdown = (out / "results.md").read_text()
     assert result.stdout == markdown
-    assert (
-        "| Hopper-v4 | dacerv2 | - | 3 | 90.0 ± 16.3 | 1: 70.0, 2: 90.0, 3: 110.0 | 4202 ± 191 | 4062 ± 181 |"
-        in markdown
+    assert (  # TAR, its 95 % t-interval (4.303 x 20 / sqrt 3 = 49.7), the mean final evaluation, no update times
+        "| Hopper-v4 | dacerv2 | - | 3 | 90.0 ± 16.3 | [40.3, 139.7] | 85.0 | - | 1: 70.0, 2: 90.0, 3: 110.0 "
+        "| 4202 ± 191 | 4062 ± 181 |" in markdown
     )
     assert "2: 30.0 (partial)" in markdown and "population" in markdown and "does not reproduce" in markdown
-    assert sorted(p.name for p in out.glob("*.png")) == ["Hopper-v4.png", "Walker2d-v4.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == ["Hopper-v4.png", "Walker2d-v4.png", "all_tasks.png"]
     assert (out / "Hopper-v4.png").read_bytes().startswith(b"\x89PNG")
 
 
@@ -335,7 +336,7 @@ def test_launch_runs_jobs_in_parallel_with_logs(tmp_path):
     log = (tmp_path / "logs" / "Hopper-v4__dacerv2__2.log").read_text()
     assert log.split() == [SCRIPT, "--env-id", "Hopper-v4", "--seed", "2", "--exp-name", "dacerv2", "--x"]
     planned = (tmp_path / "logs" / "planned_runs.txt").read_text().splitlines()
-    assert [shlex.split(line)[:2] for line in planned] == [[shutil.which("echo"), SCRIPT]] * 2  # the absolute interpreter
+    assert [shlex.split(line)[:2] for line in planned] == [[shutil.which("echo"), SCRIPT]] * 2  # absolute interpreter
     stub = tmp_path / "passes_checks_then_fails"
     stub.write_text('#!/bin/bash\n[[ "$*" == *--dry-run ]]\n')
     stub.chmod(0o755)
@@ -480,3 +481,62 @@ def test_config_differences_beside_another_script():
     differences = report.config_differences(rows)
     assert differences["A-v4", "sac"] == "algorithm=stable-baselines3 SAC"
     assert differences["A-v4", "dacerv2"] == "policy_lr=0.0001" and differences["A-v4", "fast"] == "policy_lr=0.0003"
+
+
+def test_report_gives_intervals_final_evaluations_update_times_random_rows_and_an_iqm_aggregate(tmp_path):
+    """#31's table: per task a 95 % t-interval, the final evaluation and ms per update beside mean ± std; with
+    --random a random row per task and the IQM of SAC-normalised scores, checked against a computation by hand."""
+    runs = tmp_path / "runs"
+    tars = {("Hopper-v4", "dacerv2"): [70, 90, 110], ("Hopper-v4", "sac"): [40, 60, 50],
+            ("Walker2d-v4", "dacerv2"): [30, 10, 20], ("Walker2d-v4", "sac"): [50, 50, 50]}
+    for (env, exp), values in tars.items():
+        for seed, value in enumerate(values, 1):
+            folder = runs / f"{env}__{exp}__{seed}__100"
+            write_events(folder, curve([value - 5, value, value - 1]), hparams_of(env, exp, seed))
+            if exp == "dacerv2":  # the update times a run logs; the first interval compiles
+                writer = SummaryWriter(str(folder))
+                for step, ms in zip([10, 100, 1000, 2000], [900.0, 20.0 + seed, 22.0 + seed, 24.0 + seed]):
+                    writer.add_scalar("charts/update_ms", ms, step)
+                writer.close()
+    random_json = tmp_path / "random.json"
+    random_json.write_text('{"Hopper-v3": {"mean": 10, "std": 2, "episodes": 100, "seed": 0, "returns": []}, '
+                           '"Walker2d-v4": {"mean": 0, "std": 1, "episodes": 100, "seed": 0, "returns": []}}')
+    result = report_cli(runs, "--out", tmp_path / "out", "--random", random_json)
+    assert result.returncode == 0, result.stderr
+    low, high = stats.t.interval(0.95, 2, loc=90, scale=np.std([70, 90, 110], ddof=1) / np.sqrt(3))
+    median_ms = np.mean([np.median([900.0, 20 + s, 22 + s, 24 + s]) for s in (1, 2, 3)])  # 23.0
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| Hopper-v4 | dacerv2 |"))
+    assert f"| 90.0 ± 16.3 | [{low:.1f}, {high:.1f}] | {np.mean([v - 1 for v in (70, 90, 110)]):.1f} " \
+           f"| {median_ms:.1f} |" in row, row
+    assert "| Hopper-v4 | random (uniform actions) | - | - | 10.0 ± 2.0 | - | - | - | 100 episodes |" in result.stdout
+    sac_row = next(line for line in result.stdout.splitlines() if line.startswith("| Hopper-v4 | sac |"))
+    assert "| - | 1: 40.0" in sac_row  # no update times logged: a dash
+    scores = [(np.array(tars[env, "dacerv2"]) - r) / (np.mean(tars[env, "sac"]) - r)
+              for env, r in (("Hopper-v4", 10), ("Walker2d-v4", 0))]
+    middle = np.sort(np.concatenate(scores))[1:-1]  # 6 scores: trim_mean(0.25) cuts int(1.5) = 1 at each end
+    aggregate = result.stdout.split("## Aggregate over tasks")[1]
+    line = next(line for line in aggregate.splitlines() if line.startswith("| dacerv2 |"))
+    value, interval = line.split(" | ")[3:5]
+    assert line.startswith("| dacerv2 | 2 | 6 |") and float(value) == pytest.approx(middle.mean(), abs=5e-4)
+    low, high = (float(x) for x in interval.strip("[] |").split(", "))
+    assert low < float(value) < high and "| sac | 2 | 6 | 1.000 |" in aggregate
+    assert (tmp_path / "out" / "all_tasks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![every task](all_tasks.png)" in result.stdout
+    random_json.write_text("[1, 2]")
+    refused = report_cli(runs, "--out", tmp_path / "out", "--random", random_json)
+    assert refused.returncode == 2 and "not random_baseline.py's JSON" in refused.stderr
+
+
+def test_random_baseline_writes_what_report_reads(tmp_path):
+    out = tmp_path / "random.json"
+    command = [sys.executable, str(BENCHMARK / "random_baseline.py"), "--env-ids", "Pendulum-v1", "--episodes", "3",
+               "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())["Pendulum-v1"]
+    assert len(data["returns"]) == 3 and data["mean"] == pytest.approx(np.mean(data["returns"]))
+    assert all(-2000 < r < -100 for r in data["returns"])  # 200 steps of Pendulum's cost, as random actions score
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and json.loads(out.read_text())["Pendulum-v1"]["returns"] == data["returns"]
+    bad = subprocess.run([*command[:3], "NoSuch-v0", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown env id(s): NoSuch-v0" in bad.stderr
