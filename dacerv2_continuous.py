@@ -877,12 +877,12 @@ if __name__ == "__main__":
         print(f"on a CPU, {args.total_timesteps - start_step:,} env steps take days (the training bar's ETA is right "
               "after a few minutes); README 'Usage' has a 10-minute first run")
 
-    def bar(phase, start, end):  # one bar per phase, each with its own mean rate: an ETA of that phase alone
+    def bar(phase, start):  # one bar per phase, each with its own mean rate: an ETA of that phase alone
+        end = min(warm_up_end, args.total_timesteps) if phase == "warm-up" else args.total_timesteps
         return tqdm(total=end, initial=start, desc=phase, unit=" steps", unit_scale=True, dynamic_ncols=True,
                     smoothing=0, mininterval=0.5 if sys.stderr.isatty() else 30)
 
-    progress = bar("warm-up" if rb.size < args.learning_starts else "training", start_step,
-                   min(warm_up_end, args.total_timesteps) if rb.size < args.learning_starts else args.total_timesteps)
+    progress = bar("warm-up" if rb.size < args.learning_starts else "training", start_step)
     episode_return = float("nan")
     write = tqdm.write if sys.stderr.isatty() else lambda line: print(line, flush=True)  # a log file: no redraws
 
@@ -939,7 +939,7 @@ if __name__ == "__main__":
             if progress.desc == "warm-up":
                 progress.close()
                 write(f"warm-up done at step {global_step + args.num_envs}: training")
-                progress = bar("training", global_step + args.num_envs, args.total_timesteps)
+                progress = bar("training", global_step + args.num_envs)
             timer.mark()
             batch = rb.sample(args.batch_size)
             qf_losses, mu, omega = update_critics(actor, critic, critic_target, batch, omega, alpha, args)
