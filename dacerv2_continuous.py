@@ -439,12 +439,13 @@ def kmeans_init(x, K, gen):
 
 
 @torch.no_grad()
-def gmm_entropy(samples, num_components=3, max_iter=100, tol=1e-3, reg_covar=1e-6, seed=42):
-    """Per-state entropy of a full-covariance GMM fitted to samples (B, N, d); returns (B,) in float64. H = -sum_k w_k
+def gmm_entropy(samples, num_components=3, max_iter=100, tol=1e-3, reg_covar=1e-6, seed=42, dtype=torch.float32):
+    """Per-state entropy of a full-covariance GMM fitted to samples (B, N, d); returns (B,) in dtype. H = -sum_k w_k
     log w_k + sum_k w_k [d/2 (1 + log 2 pi) + 1/2 log det Sigma_k]. sklearn's GaussianMixture defaults (k-means init,
     <= 100 EM iterations, tol 1e-3, reg 1e-6) for all states at once; convergence is tested every 10 iterations. Each
-    EM step is two batched products with the per-sample features f = [x x^T, x, 1]."""
-    x = samples.double()
+    EM step is two batched products with the per-sample features f = [x x^T, x, 1]; float32 halves the cost, and its
+    mean estimate is within 0.005 nats of float64's on trained and untrained policies (docs/implementation.md)."""
+    x = samples.to(dtype)
     B, N, d = x.shape
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
     resp = kmeans_init(x, num_components, torch.Generator(device=x.device).manual_seed(seed))  # (B, K, N)

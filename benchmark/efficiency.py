@@ -4,6 +4,7 @@ GMM entropy estimate, for DACERv2 (T = 5, the script's default eta), DACERv2 wit
 
 Usage: python benchmark/efficiency.py [--env-id Hopper-v4] [--device cpu|cuda] [--compile [--eager-baseline]] [--rounds 3]
                                       [--baseline OLD_SCRIPT.py] [--json PATH] [--markdown PATH]
+       python benchmark/efficiency.py --cost [--baseline OLD_SCRIPT.py] [...]
 
 The algorithms take turns over --rounds rounds (each round measures every algorithm once, in the same order) and
 each figure is the median over all rounds: on a shared machine whose speed drifts, every algorithm sees the same
@@ -26,6 +27,11 @@ DIR/dacerv2_utils.py`), measured in the same turns: a speed-up or a regression a
   --alpha-update-frequency iterations in training and is not part of the training time above. With --compile, as
   in the script's --compile: its action function is `torch.compile(policy_action, dynamic=False)` (a --baseline of
   an older revision: what its own --compile wiring did, compile_functions or compile_sampler).
+
+--cost (what an iteration costs): DACERv2 with the paper's settings (20 envs) and with --preset short --critic-loss td
+(1 env), each eager and with --compile (and the same rows of --baseline), in the same turns: update ms per iteration
+as above, the GMM estimate amortised over the configuration's --alpha-update-frequency (10,000 or 200 iterations),
+their total, the whole loop's env steps per second, and SB3 SAC's update (its train step, batch 256) for scale.
 """
 
 import argparse
@@ -48,6 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -68,6 +75,9 @@ LOG_FREQUENCY = 2  # one policy iteration + one critic-only iteration per `chart
 NEVER = 1_000_000  # an interval past the run's end: no periodic evaluation, the GMM estimate at iteration 0 only
 INFER_WARMUP, INFER_CALLS = 100, 1_000
 ENTROPY_REPEATS = 3
+# --cost: (name, flags of the training script, envs); each measured eager and with --compile
+CONFIGURATIONS = (("paper", (), NUM_ENVS), ("short-td", ("--preset", "short", "--critic-loss", "td"), 1))
+SAC_FILL, SAC_WARMUP, SAC_CALLS = 10_000, 20, 200
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -98,6 +108,11 @@ def parse_args():
     parser.add_argument(
         "--baseline", metavar="SCRIPT", help="another version of dacerv2_continuous.py to measure in the same turns"
     )
+    parser.add_argument(
+        "--cost", action="store_true", help="instead of Table 1: what an iteration costs, the paper's settings and "
+        "--preset short --critic-loss td, each eager and with --compile, with the GMM estimate amortised over its "
+        "interval and the loop's env steps per second, beside SB3 SAC's update (needs benchmark/requirements.txt)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1, like the script)")
     parser.add_argument("--hidden-dim", type=int, default=256, help="hidden layer width (default: 256, paper)")
     parser.add_argument("--num-layers", type=int, default=2, help="number of hidden layers (default: 2, paper)")
@@ -112,6 +127,14 @@ def parse_args():
     for name in ("rounds", "threads", "hidden_dim", "num_layers"):
         if getattr(args, name) < 1:
             dacer.fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.cost and (args.compile or args.eager_baseline):
+        dacer.fail("--cost measures every configuration both eager and with --compile: leave out --compile and "
+                   "--eager-baseline")
+    if args.cost and args.iterations < 4:
+        dacer.fail(f"--cost needs --iterations >= 4 (the loop's rate is timed between log points), got "
+                   f"{args.iterations}")
+    if args.cost and importlib.util.find_spec("stable_baselines3") is None:
+        dacer.fail("--cost measures SB3 SAC's update beside DACERv2's: pip install -r benchmark/requirements.txt")
     if args.baseline is not None and not Path(args.baseline).is_file():
         dacer.fail(f"--baseline: no such file {args.baseline!r}")
     if shutil.which(args.python) is None:
@@ -161,17 +184,18 @@ def compiled(args, script):
     return args.compile and not (args.eager_baseline and script != SCRIPT)
 
 
-def training_ms(args, env_id, name, script, diffusion_steps, flags):
-    """Per-point `charts/update_ms` of a real training run of script after the warm-up points (ms per iteration)."""
+def training_ms(args, env_id, name, script, diffusion_steps, flags, compile_, num_envs=NUM_ENVS):
+    """Per-point `charts/update_ms` of a real training run of script after the warm-up points (ms per iteration), and
+    the whole loop's seconds per iteration over those points (env steps, update, logging) from the points' times."""
     total_iterations = WARMUP_ITERATIONS + args.iterations
     command = [
-        args.python, str(script), "--env-id", env_id, "--num-envs", str(NUM_ENVS),
-        "--total-timesteps", str(LEARNING_STARTS + total_iterations * NUM_ENVS), "--learning-starts",
+        args.python, str(script), "--env-id", env_id, "--num-envs", str(num_envs),
+        "--total-timesteps", str(LEARNING_STARTS + total_iterations * num_envs), "--learning-starts",
         str(LEARNING_STARTS), "--log-frequency", str(LOG_FREQUENCY), "--eval-frequency", str(NEVER),
         "--eval-episodes", "1", "--alpha-update-frequency", str(NEVER), "--torch-threads", str(args.threads),
         "--hidden-dim", str(args.hidden_dim), "--num-layers", str(args.num_layers),
         "--diffusion-steps", str(diffusion_steps), *flags, "--cuda" if args.device == "cuda" else "--no-cuda",
-        *(["--compile"] if compiled(args, script) else []),
+        *(["--compile"] if compile_ else []),
     ]
     with tempfile.TemporaryDirectory(prefix="efficiency-") as folder:
         # this repository (multigoal_env) for a copy elsewhere; an old revision's dacerv2_utils.py comes from beside it
@@ -188,12 +212,14 @@ def training_ms(args, env_id, name, script, diffusion_steps, flags):
         (run_dir,) = Path(folder, "runs").iterdir()
         events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
         events.Reload()
-        points = [event.value for event in events.Scalars("charts/update_ms")]
+        events = events.Scalars("charts/update_ms")
     expected = total_iterations // LOG_FREQUENCY
-    if len(points) != expected:
-        print(f"error: the {name} run logged {len(points)} update_ms points, expected {expected}", file=sys.stderr)
+    if len(events) != expected:
+        print(f"error: the {name} run logged {len(events)} update_ms points, expected {expected}", file=sys.stderr)
         sys.exit(1)
-    return points[WARMUP_ITERATIONS // LOG_FREQUENCY :]
+    kept = events[WARMUP_ITERATIONS // LOG_FREQUENCY :]
+    loop_s = (kept[-1].wall_time - kept[0].wall_time) / max(len(kept) - 1, 1) / LOG_FREQUENCY
+    return [event.value for event in kept], loop_s
 
 
 def synchronize(device):
@@ -322,12 +348,12 @@ def variants(args):
     return rows
 
 
-def entropy_action(args, script, path, actor, device):
+def entropy_action(compile_, script, actor, device):
     """The action function of script's GMM estimate with --compile (None: the script's own): the script's own
     --compile does torch.compile(policy_action, dynamic=False); an older revision (--baseline) had explore and its
     --compile wiring in compile_functions (in its dacerv2_utils.py, or in the script) or compile_sampler, which
     replaced actor.sample."""
-    if not compiled(args, path):
+    if not compile_:
         return None
     if hasattr(script, "policy_action"):
         return torch.compile(script.policy_action, dynamic=False)
@@ -356,13 +382,13 @@ def measure(args, env_id, obs_dim, act_dim, first_obs):
         actors[name].to(device)
     sample = samplers(args, rows, actors, device)  # before an old revision's wiring replaces actor.sample
     for name, script, path, _, _ in rows:
-        acts[name] = entropy_action(args, script, path, actors[name], device)
+        acts[name] = entropy_action(compiled(args, path), script, actors[name], device)
     for round_ in range(1, args.rounds + 1):
         for name, script, path, diffusion_steps, flags in rows:
             print(f"round {round_}/{args.rounds}, {name}: {WARMUP_ITERATIONS} + {args.iterations} training iterations "
                   f"on {env_id}, {INFER_CALLS} inference calls, {ENTROPY_REPEATS} GMM entropy estimates ...",
                   file=sys.stderr)
-            points = training_ms(args, env_id, name, path, diffusion_steps, flags)
+            points, _ = training_ms(args, env_id, name, path, diffusion_steps, flags, compiled(args, path))
             times[name]["train"] += points
             times[name]["round_train"].append(statistics.median(points))
             times[name]["infer"] += inference_ms(sample[name], obs, device)
@@ -380,6 +406,131 @@ def measure(args, env_id, obs_dim, act_dim, first_obs):
         }
         for name, _, _, diffusion_steps, _ in rows
     }
+
+
+def entropy_interval(flags):
+    """A configuration's --alpha-update-frequency (the script's default, or its --preset's): one GMM estimate per it."""
+    preset = flags[flags.index("--preset") + 1] if "--preset" in flags else "none"
+    return dacer.PRESETS[preset].get("alpha_update_frequency", DEFAULTS.alpha_update_frequency)
+
+
+def sac_trainer(env_id, device):
+    """SB3 SAC with its defaults and the script's batch size, its replay buffer filled with SAC_FILL random
+    transitions: model.train(1, batch) is the update that benchmark/sac_baseline.py runs once per env step."""
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.logger import Logger
+
+    env = gym.make(env_id)
+    env.observation_space.seed(DEFAULTS.seed), env.action_space.seed(DEFAULTS.seed)
+    model = SAC("MlpPolicy", env, batch_size=DEFAULTS.batch_size, buffer_size=SAC_FILL, seed=DEFAULTS.seed,
+                device=device, verbose=0)
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    for _ in range(SAC_FILL):
+        obs, next_obs = env.observation_space.sample(), env.observation_space.sample()
+        model.replay_buffer.add(obs[None], next_obs[None], env.action_space.sample()[None], np.zeros(1), np.zeros(1),
+                                [{}])
+    env.close()
+    return model
+
+
+def sac_update_ms(model, device):
+    """Wall times of SB3 SAC's update (one gradient step on one batch) after SAC_WARMUP calls, in ms."""
+    times = []
+    for call in range(SAC_WARMUP + SAC_CALLS):
+        start = time.perf_counter()
+        model.train(gradient_steps=1, batch_size=DEFAULTS.batch_size)
+        synchronize(device)
+        if call >= SAC_WARMUP:
+            times.append(1000 * (time.perf_counter() - start))
+    return times
+
+
+def measure_cost(args, env_id, obs_dim, act_dim):
+    """--cost: update ms per iteration, the GMM estimate and the whole loop's env steps per second of every
+    configuration, eager and compiled (and --baseline's), and SB3 SAC's update, taking turns over args.rounds rounds."""
+    device = torch.device(args.device)
+    obs_batch = torch.randn(DEFAULTS.batch_size, obs_dim, device=device)
+    scripts = [("", dacer, SCRIPT)] + ([(" (baseline)", import_baseline(args.baseline), args.baseline)]
+                                       if args.baseline else [])
+    rows = [(f"{config}, {'compile' if compile_ else 'eager'}{suffix}", script, path, flags, num_envs, compile_)
+            for config, flags, num_envs in CONFIGURATIONS for compile_ in (False, True)
+            for suffix, script, path in scripts]
+    estimators = {}  # (script path, compile): its actor and GMM action function; the GMM's cost is the same in both
+    for _, script, path, _, _, compile_ in rows:  # configurations (the networks and the estimate's sizes are)
+        if (path, compile_) not in estimators:
+            torch.manual_seed(DEFAULTS.seed)
+            actor = script.DiffusionActor(obs_dim, act_dim, args.hidden_dim, args.num_layers, DEFAULTS.diffusion_steps)
+            actor.to(device)
+            estimators[path, compile_] = (script, actor, entropy_action(compile_, script, actor, device))
+    sac = sac_trainer(env_id, args.device)
+    times = {name: {"train": [], "loop_s": []} for name, *_ in rows}
+    times |= {"sac": [], "entropy": {key: [] for key in estimators}}
+    for round_ in range(1, args.rounds + 1):
+        for name, script, path, flags, num_envs, compile_ in rows:
+            print(f"round {round_}/{args.rounds}, {name}: {WARMUP_ITERATIONS} + {args.iterations} training iterations "
+                  f"on {env_id} with {num_envs} env{'s' * (num_envs > 1)} ...", file=sys.stderr)
+            points, loop_s = training_ms(args, env_id, name, path, DEFAULTS.diffusion_steps, flags, compile_, num_envs)
+            times[name]["train"] += points
+            times[name]["loop_s"].append(loop_s)
+        print(f"round {round_}/{args.rounds}: {ENTROPY_REPEATS} GMM entropy estimates per row, {SAC_CALLS} SB3 SAC "
+              "updates ...", file=sys.stderr)
+        for key, (script, actor, act) in estimators.items():
+            times["entropy"][key] += entropy_s(script, actor, obs_batch, device, act)
+        times["sac"] += sac_update_ms(sac, device)
+    sac_ms = statistics.median(times["sac"])
+    results = {"sb3 sac": {"name": "SB3 SAC update", "train_ms": sac_ms, "total_ms": sac_ms,
+                           "calls": len(times["sac"])}}
+    for name, _, path, flags, num_envs, compile_ in rows:
+        train_ms, entropy = statistics.median(times[name]["train"]), statistics.median(times["entropy"][path, compile_])
+        interval = entropy_interval(flags)
+        loop_s = statistics.median(times[name]["loop_s"]) + entropy / interval  # the estimate amortised, as in a run
+        results[name.lower()] = {
+            "name": name, "flags": list(flags), "compile": compile_, "num_envs": num_envs, "train_ms": train_ms,
+            "entropy_s": entropy, "entropy_interval": interval, "entropy_ms": 1000 * entropy / interval,
+            "total_ms": train_ms + 1000 * entropy / interval, "env_steps_per_s": num_envs / loop_s,
+            "train_points": len(times[name]["train"]),
+        }
+    return results
+
+
+def cost_rows(results):
+    """Header and one row per configuration and mode (ours, then --baseline's), then SB3 SAC's update."""
+    header = ["configuration", "update ms/iter", "GMM estimate s", "GMM every", "GMM ms/iter", "total ms/iter",
+              "x SB3 SAC", "x baseline", "env steps/s"]
+    sac_ms, rows = results["sb3 sac"]["total_ms"], [header]
+    for key, r in results.items():
+        if key == "sb3 sac":
+            continue
+        baseline = results.get(f"{key} (baseline)")
+        versus = f"{r['total_ms'] / baseline['total_ms']:.2f}x" if baseline else "-"
+        rows.append([r["name"], f"{r['train_ms']:.2f}", f"{r['entropy_s']:.3f}",
+                     f"{r['entropy_interval']}", f"{r['entropy_ms']:.2f}", f"{r['total_ms']:.2f}",
+                     f"{r['total_ms'] / sac_ms:.2f}x", versus,
+                     f"{r['env_steps_per_s']:.0f}"])
+    rows.append(["SB3 SAC update", f"{sac_ms:.2f}", "-", "-", "-", f"{sac_ms:.2f}", "1.00x", "-", "-"])
+    return rows
+
+
+def cost_notes(args, env_id, device_text, results):
+    """The --cost measurement's conditions, as lines under the table."""
+    return [
+        f"Environment {env_id}, networks of {args.num_layers} hidden layers of {args.hidden_dim}, batch "
+        f"{DEFAULTS.batch_size}; device: {device_text}; torch {torch.__version__}."
+        + (f" Baseline: {args.baseline}." if args.baseline else ""),
+        f"The rows took turns over {args.rounds} round(s); each figure is the median over all of them. paper: the "
+        f"script's defaults, {NUM_ENVS} envs; short-td: --preset short --critic-loss td, 1 env (the short-budget "
+        "protocol); compile: the script's --compile.",
+        f"update ms/iter: median of the real training loop's `charts/update_ms` points ({args.iterations} iterations "
+        f"after {WARMUP_ITERATIONS} per round; a policy iteration and a critic-only iteration each), env steps "
+        "excluded.",
+        f"GMM: the entropy estimate ({DEFAULTS.batch_size} states x {DEFAULTS.gmm_samples} actions x "
+        f"{DEFAULTS.gmm_components} components, untrained actor, median of {args.rounds} x {ENTROPY_REPEATS}), run "
+        "once every 'GMM every' iterations: 'GMM ms/iter' is its share of each iteration; total = update + GMM.",
+        "env steps/s: the whole loop's rate (env steps, update, logging every 2 iterations, from the logged points' "
+        "times) with the GMM's amortised cost added.",
+        f"SB3 SAC update: stable-baselines3 SAC's train step (one gradient step, batch {DEFAULTS.batch_size}, its "
+        f"defaults) on a buffer of random transitions, median of {args.rounds} x {SAC_CALLS} calls.",
+    ]
 
 
 def table_rows(results):
@@ -454,9 +605,18 @@ def main():
     dacer.keep_freed_memory()
     torch.set_num_threads(args.threads)
     device_text = describe_device(torch.device(args.device), args.threads)
-    results = measure(args, env_id, obs_dim, act_dim, first_obs)
-    rows, lines = table_rows(results), notes(args, env_id, device_text, results)
-    print(f"\nEfficiency (paper Table 1; lower is better) on {env_id}\n\n{render_text(rows)}\n")
+    if args.cost:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fallback_random, inductor_config.cpp_wrapper = True, args.device == "cpu"  # as --compile's
+        results = measure_cost(args, env_id, obs_dim, act_dim)
+        rows, lines = cost_rows(results), cost_notes(args, env_id, device_text, results)
+        title = "What an iteration costs (lower is better; env steps/s: higher)"
+    else:
+        results = measure(args, env_id, obs_dim, act_dim, first_obs)
+        rows, lines = table_rows(results), notes(args, env_id, device_text, results)
+        title = "Efficiency (paper Table 1; lower is better)"
+    print(f"\n{title} on {env_id}\n\n{render_text(rows)}\n")
     print("\n".join(lines))
     if args.markdown:
         Path(args.markdown).write_text(render_markdown(rows) + "\n\n" + "\n".join(f"- {line}" for line in lines) + "\n")
@@ -464,7 +624,7 @@ def main():
         summary = {"device": device_text, "torch": torch.__version__, "env_id": env_id, "threads": args.threads,
                    "baseline": args.baseline}
         summary |= {key: getattr(args, key) for key in ("iterations", "rounds", "hidden_dim", "num_layers", "compile",
-                                                      "eager_baseline")}
+                                                      "eager_baseline", "cost")}
         Path(args.json).write_text(json.dumps({**summary, **results}, indent=2) + "\n")
 
 

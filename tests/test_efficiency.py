@@ -175,3 +175,69 @@ def test_stage_timing_prints_every_stage_and_rejects_bad_input(tmp_path):
     bad = subprocess.run([sys.executable, stage_timing, "--diffusion-steps", "0"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_gmm_precision_compares_float32_with_float64_on_a_checkpoints_policies(tmp_path):
+    """benchmark/gmm_precision.py on a tiny run's checkpoint (with its buffer): a line per actor and batch, the two
+    precisions' estimates close; a checkpoint without its buffer is refused in one line."""
+    script = str(REPO / "dacerv2_continuous.py")
+    train = [sys.executable, script, "--env-id", "Pendulum-v1", "--num-envs", "2", "--learning-starts", "200",
+             "--batch-size", "32", "--hidden-dim", "32", "--total-timesteps", "400", "--eval-episodes", "1",
+             "--save-model", "--no-cuda"]
+    trained = subprocess.run([*train, "--checkpoint-buffer"], cwd=tmp_path, capture_output=True, timeout=300)
+    assert trained.returncode == 0
+    (checkpoint,) = tmp_path.glob("runs/*/*.pt")
+    precision = str(Path(EFFICIENCY).parent / "gmm_precision.py")
+    result = subprocess.run([sys.executable, precision, str(checkpoint), "--batches", "1"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = [line.split() for line in result.stdout.splitlines()[1:-1]]
+    assert [line[1:3] for line in lines] == [["trained", "1"], ["untrained", "1"]]
+    for _, _, _, h64, h32, difference, *_ in lines:
+        assert abs(float(h64) - float(h32)) < 0.02
+        assert float(difference) == pytest.approx(abs(float(h64) - float(h32)), abs=2e-4)
+    checkpoint.rename(tmp_path / "kept.pt")
+    assert subprocess.run(train, cwd=tmp_path, capture_output=True, timeout=300).returncode == 0  # no buffer saved
+    (no_buffer,) = tmp_path.glob("runs/*/*.pt")
+    bad = subprocess.run([sys.executable, precision, str(no_buffer)], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--checkpoint-buffer" in bad.stderr
+
+
+def test_cost_table_has_every_configuration_and_sac(tmp_path):
+    """--cost: the paper's settings and --preset short --critic-loss td, eager and compiled, with the GMM amortised
+    over each one's interval (10,000 and 200 iterations), the loop's env steps per second and SB3 SAC's update."""
+    pytest.importorskip("stable_baselines3")
+    args = ["--cost", "--env-id", "Pendulum-v1", "--iterations", "4", "--hidden-dim", "16", "--rounds", "1"]
+    result = run([*args, "--json", "cost.json", "--markdown", "cost.md"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "cost.json").read_text())
+    names = ["paper, eager", "paper, compile", "short-td, eager", "short-td, compile"]
+    for name in names:
+        row = summary[name]
+        assert row["entropy_interval"] == (10_000 if name.startswith("paper") else 200)
+        assert row["total_ms"] == pytest.approx(row["train_ms"] + 1000 * row["entropy_s"] / row["entropy_interval"])
+        assert row["num_envs"] == (20 if name.startswith("paper") else 1) and row["env_steps_per_s"] > 0
+        assert row["train_points"] == 2 and row["compile"] == name.endswith("compile")
+        assert f"| {name} |" in (tmp_path / "cost.md").read_text()
+    assert summary["sb3 sac"]["train_ms"] > 0 and summary["sb3 sac"]["calls"] == 200
+    assert "SB3 SAC update" in result.stdout and summary["cost"] is True
+
+
+@pytest.mark.parametrize("args, message", [(["--cost", "--compile"], "leave out --compile"),
+                                           (["--cost", "--iterations", "2"], "--iterations >= 4")])
+def test_cost_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    result = run(args, tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+
+
+def test_stage_timing_profile_prints_the_update_table_and_its_matrix_share(tmp_path):
+    stage_timing = str(Path(EFFICIENCY).parent / "stage_timing.py")
+    result = subprocess.run([sys.executable, stage_timing, "--profile", "--iterations", "4"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "aten::addmm" in result.stdout and "Self CPU time total" in result.stdout
+    share = float(result.stdout.strip().splitlines()[-1].split("(")[-1].split()[0])
+    assert 10 < share < 100  # the matrix products' share of the eager update, in %
+    bad = subprocess.run([sys.executable, stage_timing, "--compile"], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--compile goes with --profile" in bad.stderr
