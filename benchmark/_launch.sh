@@ -36,6 +36,7 @@ SLURM_EXTRA=""
 # Under --slurm the training script's runs get a fixed folder, continue from its checkpoint when requeued, and write
 # one every 50,000 iterations and at the end, with the replay buffer (an exact resume); flags after -- override these.
 SLURM_RUN_FLAGS=(--resume-if-exists --save-model --checkpoint-buffer --checkpoint-frequency 50000)
+SLURM_SAC_FLAGS=(--resume-if-exists --checkpoint-frequency 50000)  # the SAC baseline's: SB3's model and buffer
 
 # Print an error and the --help hint to stderr, then exit 2.
 launch_die() {
@@ -70,7 +71,8 @@ Slurm (README "Running on a cluster"): one job array, one task per run, submitte
   --gpus N            GPUs per task (default: $SLURM_GPUS; pass -- --cuda to train on them)
   --max-parallel N    at most N tasks at once (default: no limit)
   --sbatch "OPTS"     more sbatch options, e.g. --sbatch "--account=lab --qos=low"
-Under --slurm each run of the training script gets ${SLURM_RUN_FLAGS[*]}.
+Under --slurm each run of the training script gets ${SLURM_RUN_FLAGS[*]}
+(the SAC baseline's: ${SLURM_SAC_FLAGS[*]}).
 EOF
 }
 
@@ -141,7 +143,11 @@ add_job() {
 add_script_job() {
     local script="$1" env="$2" exp="$3" seed="$4" cmd log resumable=()
     shift 4
-    ((SLURM)) && [[ $script == "$SCRIPT" ]] && resumable=("${SLURM_RUN_FLAGS[@]}")
+    if ((SLURM)) && [[ $script == "$SCRIPT" ]]; then
+        resumable=("${SLURM_RUN_FLAGS[@]}")
+    elif ((SLURM)) && [[ $script == */sac_baseline.py ]]; then
+        resumable=("${SLURM_SAC_FLAGS[@]}")
+    fi
     printf -v cmd '%q ' "$PYTHON" "$script" --env-id "$env" --seed "$seed" --exp-name "$exp" "$@" \
         "${resumable[@]}" "${FORWARD[@]}"
     printf -v log '%q' "$LOG_DIR/${env//\//_}__${exp}__${seed}.log"

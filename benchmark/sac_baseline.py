@@ -10,12 +10,17 @@ Needs `pip install -r benchmark/requirements.txt` (stable-baselines3). The same 
 - evaluation: every --eval-frequency iterations and at the end, the mean return of one episode on each of
   --eval-episodes envs, with the deterministic action (the mean of the squashed Gaussian: SAC's usual evaluation);
 - run folder runs/{env_id}__{exp_name}__{seed}__{unix_time} and the TensorBoard tags eval/episodic_return,
-  charts/episodic_return, charts/episodic_length, charts/SPS and the hyperparameters text.
+  charts/episodic_return, charts/episodic_length, charts/SPS and the hyperparameters text;
+- checkpoints (--checkpoint-frequency, and on SIGINT / SIGTERM, which exit 128 + the signal) and --resume-if-exists
+  (run folder runs/{env_id}__{exp_name}__{seed}, continued from its checkpoint: what a requeued Slurm task runs).
+  The checkpoint is SB3's own, model and replay buffer (runs/{run_name}/sac.zip, sac_buffer.pkl); a continued run
+  starts new episodes, so it is not bit-identical to an uninterrupted one.
 SAC itself keeps SB3's defaults (learning rate 3e-4 for actor, critics and temperature; automatic temperature with
 target entropy -dim(A); two 256-unit hidden layers, ReLU).
 """
 
 import os
+import signal
 import sys
 import time
 import warnings
@@ -66,6 +71,18 @@ class Args:
     """the number of episodes per evaluation"""
     dry_run: bool = False
     """if toggled, check the arguments and the env, and exit (benchmark/ launchers do)"""
+    resume_if_exists: bool = False
+    """if toggled, the run folder is runs/{env_id}__{exp_name}__{seed}; a run continues from its checkpoint (Slurm)"""
+    checkpoint_frequency: int = 0
+    """the interval of checkpoints (model and replay buffer), in iterations; 0: only on SIGINT/SIGTERM"""
+
+
+def save_checkpoint(model, folder):
+    """SB3's model and replay buffer into folder, each written under a temporary name and then renamed."""
+    for save, name in ((model.save_replay_buffer, "sac_buffer.pkl"), (model.save, "sac.zip")):
+        temporary = folder / f"tmp_{name}"
+        save(temporary)
+        os.replace(temporary, folder / name)
 
 
 def make_env(env_id, seed, record_episodes=False):
@@ -96,6 +113,8 @@ def main():
     for name in ("num_envs", "total_timesteps", "batch_size", "buffer_size", "eval_frequency", "eval_episodes"):
         if getattr(args, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.checkpoint_frequency < 0:
+        fail(f"--checkpoint-frequency must be >= 0, got {args.checkpoint_frequency}")
     try:
         from stable_baselines3 import SAC
         from stable_baselines3.common.callbacks import BaseCallback
@@ -110,22 +129,38 @@ def main():
     warnings.filterwarnings("ignore", category=UserWarning, module="stable_baselines3")
     torch.set_num_threads(args.torch_threads)
     device = "cuda" if args.cuda and torch.cuda.is_available() else "cpu"
-    run_name = f"{env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_name = f"{env_id}__{args.exp_name}__{args.seed}" + ("" if args.resume_if_exists else f"__{int(time.time())}")
+    folder, envs_autoreset = Path("runs", run_name), gym.vector.AutoresetMode.SAME_STEP
+    resume = args.resume_if_exists and (folder / "sac.zip").is_file() and (folder / "sac_buffer.pkl").is_file()
     envs = VecMonitor(DummyVecEnv([make_env(env_id, args.seed + i) for i in range(args.num_envs)]))
     envs.seed(args.seed)
-    eval_envs = gym.vector.SyncVectorEnv([make_env(env_id, args.seed + 10_000 + i, True) for i in range(args.eval_episodes)],
-                                         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    writer = SummaryWriter(f"runs/{run_name}")
+    eval_envs = gym.vector.SyncVectorEnv([make_env(env_id, args.seed + 10_000 + i, True)
+                                          for i in range(args.eval_episodes)], autoreset_mode=envs_autoreset)
+    # SB3 starts training once num_timesteps > learning_starts; one gradient step per vector step after that
+    if resume:
+        model = SAC.load(folder / "sac.zip", env=envs, device=device)
+        model.load_replay_buffer(folder / "sac_buffer.pkl")
+        if model.num_timesteps >= args.total_timesteps:
+            print(f"runs/{run_name} is complete ({model.num_timesteps} env steps): nothing to do")
+            return
+        print(f"resuming {run_name} at step {model.num_timesteps} with its replay buffer")
+    else:
+        model = SAC("MlpPolicy", envs, learning_rate=args.learning_rate, buffer_size=args.buffer_size, gamma=args.gamma,
+                    tau=args.tau, batch_size=args.batch_size, learning_starts=args.learning_starts, train_freq=1,
+                    gradient_steps=1, seed=args.seed, device=device, verbose=0)
+        for stale in folder.glob("events.out.tfevents.*"):  # a start that wrote no checkpoint
+            stale.unlink()
+    start_step, start_time = model.num_timesteps, time.time()
+    writer = SummaryWriter(str(folder), purge_step=start_step if resume else None)  # drop points after the checkpoint
     hparams = {**vars(args), "env_id": env_id, "env_id_requested": args.env_id, "algorithm": "stable-baselines3 SAC"}
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in hparams.items()))
-    # SB3 starts training once num_timesteps > learning_starts; one gradient step per vector step after that
-    model = SAC("MlpPolicy", envs, learning_rate=args.learning_rate, buffer_size=args.buffer_size, gamma=args.gamma,
-                tau=args.tau, batch_size=args.batch_size, learning_starts=args.learning_starts, train_freq=1,
-                gradient_steps=1, seed=args.seed, device=device, verbose=0)
-    start_time = time.time()
+    stop_signals = []  # SIGINT, SIGTERM: end the vector step, save a checkpoint, exit 128 + signal
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, lambda signum, frame: stop_signals.append(signum))
 
     class Logger(BaseCallback):
-        """Per vector step: training episodes, and the evaluation every eval_frequency iterations and at the end."""
+        """Per vector step: training episodes, the evaluation every eval_frequency iterations and at the end, and
+        checkpoints; returns False (SB3 stops) on a stop signal."""
 
         def _on_step(self):
             global_step = self.num_timesteps - args.num_envs  # the training script logs the step before the vector step
@@ -137,16 +172,24 @@ def main():
             if (iteration > 0 and iteration % args.eval_frequency == 0) or self.num_timesteps >= args.total_timesteps:
                 last_eval = evaluate(self.model, eval_envs, seed=args.seed + 10_000 + iteration)
                 writer.add_scalar("eval/episodic_return", last_eval, global_step)
-                writer.add_scalar("charts/SPS", int(self.num_timesteps / (time.time() - start_time)), global_step)
+                sps = int((self.num_timesteps - start_step) / (time.time() - start_time))
+                writer.add_scalar("charts/SPS", sps, global_step)
                 print(f"global_step={global_step}, iteration={iteration}, eval/episodic_return={last_eval:.2f}")
-            return True
+            if args.checkpoint_frequency and iteration > 0 and iteration % args.checkpoint_frequency == 0:
+                save_checkpoint(self.model, folder)
+            return not stop_signals
 
-    model.learn(total_timesteps=args.total_timesteps, callback=Logger())
+    model.learn(total_timesteps=args.total_timesteps - start_step, callback=Logger(), reset_num_timesteps=not resume)
     envs.close()
     eval_envs.close()
     writer.close()
-    print(f"run folder: {os.path.join('runs', run_name)}")
-
+    if stop_signals or args.resume_if_exists or args.checkpoint_frequency:  # a relaunch finds the run complete
+        save_checkpoint(model, folder)
+    if stop_signals:
+        print(f"stopped by {signal.Signals(stop_signals[0]).name} at step {model.num_timesteps}; checkpoint saved to "
+              f"{folder}/sac.zip (continue with --resume-if-exists)")
+        sys.exit(128 + stop_signals[0])
+    print(f"run folder: {folder}")
 
 if __name__ == "__main__":
     main()

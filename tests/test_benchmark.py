@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import shutil
 import subprocess
 import sys
@@ -404,7 +405,7 @@ def test_slurm_dry_run_prints_one_job_array(tmp_path):
     assert first == [sys.executable, SCRIPT, *"--env-id Hopper-v4 --seed 1 --exp-name dacerv2 --resume-if-exists "
                      "--save-model --checkpoint-buffer --checkpoint-frequency 50000 --cuda".split()]
     assert sac == [sys.executable, str(BENCHMARK / "sac_baseline.py"), *"--env-id Hopper-v4 --seed 1 --exp-name sac "
-                   "--cuda".split()]
+                   "--resume-if-exists --checkpoint-frequency 50000 --cuda".split()]
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
     assert not (tmp_path / "logs").exists()
 
@@ -462,6 +463,32 @@ def test_sac_baseline_logs_the_shared_tags_and_is_reported_beside_dacerv2_and_da
     assert (tmp_path / "out" / "Pendulum-v1.png").stat().st_size > 0
     unknown = subprocess.run([*command[:2], "--env-id", "Hoper-v4"], capture_output=True, text=True, timeout=120)
     assert unknown.returncode == 2 and unknown.stderr.startswith("error: unknown env id 'Hoper-v4'; did you mean")
+
+
+def test_sac_baseline_stopped_by_sigterm_continues_from_its_checkpoint(tmp_path):
+    """SIGTERM during a --resume-if-exists run: exit 143 with a checkpoint (model and buffer); the same command
+    continues it in the same folder to the full budget, its evaluations after the stop once each; a relaunch of the
+    complete run does nothing."""
+    command = [sys.executable, "-u", str(BENCHMARK / "sac_baseline.py"), "--env-id", "Pendulum-v1", "--total-timesteps",
+               "1000", "--learning-starts", "200", "--eval-frequency", "200", "--eval-episodes", "1", "--no-cuda",
+               "--resume-if-exists", "--checkpoint-frequency", "100"]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # the first evaluation, at iteration 200 (env step 400)
+        if "eval/episodic_return=" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "stopped by SIGTERM" in out and "Traceback" not in err
+    run_dir = tmp_path / "runs" / "Pendulum-v1__sac__1"
+    assert {path.name for path in run_dir.iterdir()} >= {"sac.zip", "sac_buffer.pkl"}
+    resumed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming Pendulum-v1__sac__1 at step" in resumed.stdout
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
+    assert [e.step for e in acc.Scalars("eval/episodic_return")] == [399, 599, 799, 999]
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "is complete (1000 env steps): nothing to do" in again.stdout
 
 
 def test_config_differences_beside_another_script():
