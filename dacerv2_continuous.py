@@ -154,6 +154,9 @@ def check_args(args, checkpoint=None):
         fail(f"--learning-starts ({args.learning_starts}) must not exceed --buffer-size ({args.buffer_size})")
     if args.learning_starts < args.batch_size:  # else the first batches repeat a handful of transitions
         fail(f"--learning-starts ({args.learning_starts}) must be at least --batch-size ({args.batch_size})")
+    if checkpoint and checkpoint.get("buffer", {}).get("size", 0) > args.buffer_size:
+        fail(f"--resume: the checkpoint's replay buffer holds {checkpoint['buffer']['size']} transitions, more than "
+             f"--buffer-size {args.buffer_size}: leave the flag out, or give at least that")
     for name in ("env_id", "diffusion_steps") + (() if args.eval_only else ("num_envs",)) if checkpoint else ():
         if checkpoint["args"].get(name) != getattr(args, name):  # a run keeps these
             fail(f"--resume: the checkpoint was trained with --{name.replace('_', '-')} {checkpoint['args'].get(name)}"
@@ -216,8 +219,9 @@ class ReplayBuffer:
         return {"pos": self.pos, "size": self.size, **{k: v[: self.size].to("cpu", copy=True) for k, v in
                                                          self.data.items()}}
 
-    def load_state_dict(self, state):
-        self.pos, self.size = state["pos"], state["size"]
+    def load_state_dict(self, state):  # into a larger buffer, new rows go after the saved ones
+        self.size = state["size"]
+        self.pos = state["pos"] if self.size == self.capacity else self.size
         for k, v in self.data.items():
             v[: self.size] = state[k].to(self.device)
 

@@ -241,6 +241,26 @@ def test_resume_refuses_a_checkpoint_with_other_networks_in_one_line(tmp_path):
     ]
 
 
+def test_resume_into_another_buffer_size(tmp_path):
+    """A checkpoint's buffer into a smaller --buffer-size is refused in one line; into a larger one, after a buffer
+    that had wrapped around, the new transitions go after the saved rows (none of the new rows is sampled unwritten)."""
+    assert run([*PENDULUM, "--total-timesteps", "600", "--buffer-size", "500", "--save-model", "--checkpoint-buffer"],
+               tmp_path).returncode == 0
+    result = run(["--resume", str(only_checkpoint(tmp_path)), "--total-timesteps", "800", "--buffer-size", "300"],
+                 tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == ["error: --resume: the checkpoint's replay buffer holds 500 transitions, more "
+                                          "than --buffer-size 300: leave the flag out, or give at least that"]
+    saved = torch.load(only_checkpoint(tmp_path), weights_only=True)["buffer"]
+    assert saved["size"] == 500 and saved["pos"] == 100  # 600 transitions in 500 rows
+    larger = dacer.ReplayBuffer(800, 3, 1, torch.device("cpu"))
+    larger.load_state_dict(saved)
+    larger.add(*(torch.full((50, 3), 7.0), torch.full((50, 3), 7.0), torch.zeros(50, 1), torch.zeros(50),
+                 torch.zeros(50)))
+    assert larger.size == 550 and torch.equal(larger.data["obs"][:500], saved["obs"])
+    assert torch.equal(larger.data["obs"][500:550], torch.full((50, 3), 7.0))
+
+
 class Payload:
     """A pickled object that would run a command when unpickled."""
 
