@@ -180,7 +180,9 @@ launch_check() {
             [[ $message == *"No module named"* ]] &&
                 message+=" (is $PYTHON the project's environment? activate its venv, or set PYTHON)"
             rm -rf "$dir"
-            launch_die "${CHECK_LABELS[$i]}: ${message#error: }; nothing was launched"
+            # the training script's own refusal: no "(see --help)" of this launcher
+            echo "$(basename "$0"): error: ${CHECK_LABELS[$i]}: ${message#error: }; nothing was launched" >&2
+            exit 2
         fi
     done
     rm -rf "$dir"

@@ -455,8 +455,9 @@ def measure_cost(args, env_id, obs_dim, act_dim):
     rows = [(f"{config}, {'compile' if compile_ else 'eager'}{suffix}", script, path, flags, num_envs, compile_)
             for config, flags, num_envs in CONFIGURATIONS for compile_ in (False, True)
             for suffix, script, path in scripts]
-    estimators = {}  # (script path, compile): its actor and GMM action function; the GMM's cost is the same in both
-    for _, script, path, _, _, compile_ in rows:  # configurations (the networks and the estimate's sizes are)
+    # one GMM estimate per (script, compile): both configurations have the same networks and estimate sizes
+    estimators = {}  # (script path, compile) -> (script, actor, GMM action function)
+    for _, script, path, _, _, compile_ in rows:
         if (path, compile_) not in estimators:
             torch.manual_seed(DEFAULTS.seed)
             actor = script.DiffusionActor(obs_dim, act_dim, args.hidden_dim, args.num_layers, DEFAULTS.diffusion_steps)
