@@ -891,6 +891,10 @@ if __name__ == "__main__":
     episode_return = float("nan")
     write = tqdm.write if sys.stderr.isatty() else lambda line: print(line, flush=True)  # a log file: no redraws
 
+    def show_returns():  # on the bar; "-" until the first evaluation and the first finished episode
+        last = [f"{value:.1f}" if math.isfinite(value) else "-" for value in (last_eval, episode_return)]
+        progress.set_postfix_str(f"last eval {last[0]}, last episode {last[1]}", refresh=False)
+
     def diverged(what):
         progress.close()
         kept = f"the last good checkpoint is {checkpoint_path}" if os.path.exists(checkpoint_path) else "no checkpoint"
@@ -990,11 +994,11 @@ if __name__ == "__main__":
                 writer.add_scalar("charts/update_ms", timer.mean_ms(), global_step)
                 sps = int((global_step + args.num_envs - start_step) / (time.time() - start_time))
                 writer.add_scalar("charts/SPS", sps, global_step)
-                progress.set_postfix_str(f"last eval {last_eval:.1f}, last episode {episode_return:.1f}", refresh=False)
+                show_returns()
             if iteration % args.eval_frequency == 0 or global_step + args.num_envs >= args.total_timesteps:
                 last_eval = evaluate(actor, eval_envs, device, seed=args.seed + 10_000 + iteration).mean()
                 writer.add_scalar("eval/episodic_return", last_eval, global_step)
-                progress.set_postfix_str(f"last eval {last_eval:.1f}, last episode {episode_return:.1f}", refresh=False)
+                show_returns()
                 write(f"global_step={global_step}, iteration={iteration}, eval/episodic_return={last_eval:.2f}")
             if args.checkpoint_frequency and iteration % args.checkpoint_frequency == 0:
                 write_checkpoint(global_step + args.num_envs)

@@ -60,6 +60,7 @@ def test_console_shows_a_progress_bar_and_no_episode_lines_or_gymnasium_warnings
     _, _, result = hopper_run
     assert "warm-up:" in result.stderr and "training:" in result.stderr and "steps/s" in result.stderr  # tqdm's bar
     assert "last eval" in result.stderr and "warm-up done at step 200: training" in result.stdout
+    assert "nan" not in result.stderr  # "-" until the first evaluation and the first finished episode
     assert ", episodic_return=" not in result.stdout  # per-episode lines only with --print-episodes
     assert "out of date" not in result.stderr and "Warning" not in result.stderr
 
