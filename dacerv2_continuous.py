@@ -447,8 +447,7 @@ def gmm_entropy(samples, num_components=3, max_iter=100, tol=1e-3, reg_covar=1e-
     """Per-state entropy of a full-covariance GMM fitted to samples (B, N, d); returns (B,) in dtype. H = -sum_k w_k
     log w_k + sum_k w_k [d/2 (1 + log 2 pi) + 1/2 log det Sigma_k]. sklearn's GaussianMixture defaults (k-means init,
     <= 100 EM iterations, tol 1e-3, reg 1e-6) for all states at once; convergence is tested every 10 iterations. Each
-    EM step is two batched products with the per-sample features f = [x x^T, x, 1]; float32 halves the cost, and its
-    mean estimate is within 0.005 nats of float64's on trained and untrained policies (docs/implementation.md)."""
+    EM step is two batched products with the per-sample features f = [x x^T, x, 1] (docs/implementation.md: dtype)."""
     x = samples.to(dtype)
     B, N, d = x.shape
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
@@ -489,7 +488,7 @@ def estimate_entropy(actor, obs, alpha, noise_scale, num_samples, num_components
     """Mean GMM entropy of num_samples actions of the policy (act: policy_action or its compiled form) per state."""
     B = obs.shape[0]
     states = obs.repeat(num_samples, 1)  # (N*B, obs_dim), sample-major; in chunks that keep the chain in cache
-    actions = torch.cat([act(actor, chunk, alpha, noise_scale) for chunk in states.split(1024)])  # 4x faster
+    actions = torch.cat([act(actor, chunk, alpha, noise_scale) for chunk in states.split(1024)])
     return gmm_entropy(actions.view(num_samples, B, -1).transpose(0, 1), num_components).mean().float()
 
 
