@@ -4,8 +4,8 @@ Usage: python benchmark/multigoal_report.py runs --out results/multigoal
 Finds the checkpoints `RUNS_DIR/{run_name}/*.pt` of the runs on MultiGoal-v0 and MultiGoal{4,5,6}-v0 and evaluates
 each with the script that wrote it (the "script" recorded in the checkpoint, if its sha256 still matches):
 `SCRIPT --eval-only --resume CHECKPOINT --seed SEED` in a subprocess, paper Fig. 2's 100 trajectories of the
-stochastic policy from the origin. It writes OUT/multigoal.png (rows DACERv2, DACER and any other exp_name; columns 4,
-5, 6 goals) and OUT/multigoal.md, and prints the markdown. Missing cells stay blank and are listed in the notes, as
+stochastic policy from the origin. It writes OUT/multigoal.png (rows DACERv2, DACER and any other exp_name, or those
+of --rows in their order; columns 4, 5, 6 goals) and OUT/multigoal.md, and prints the markdown. Missing cells stay blank and are listed in the notes, as
 are the checkpoints skipped (their script missing or changed since, or their evaluation failed).
 """
 
@@ -206,9 +206,9 @@ def evaluate_all(checkpoints, seed, workers):
     return [e for e in evaluations if not isinstance(e, str)], references, notes
 
 
-def group(evaluations):
-    """{(exp_name, N): evaluations sorted by seed}, exp_names in figure order (ALGORITHMS first, then the others)."""
-    exp_names = list(ALGORITHMS) + sorted({e.exp_name for e in evaluations} - set(ALGORITHMS))
+def group(evaluations, rows=None):
+    """{(exp_name, N): evaluations sorted by seed}, exp_names in figure order (rows, else ALGORITHMS and the others)."""
+    exp_names = rows or list(ALGORITHMS) + sorted({e.exp_name for e in evaluations} - set(ALGORITHMS))
     return {
         (exp, n): sorted((e for e in evaluations if (e.exp_name, e.num_goals) == (exp, n)), key=lambda e: e.seed)
         for exp in exp_names
@@ -362,28 +362,36 @@ def render_markdown(runs_dir, groups, references, notes, seed):
 
 
 def parse_args(argv):
-    """Command line: RUNS_DIR, --out, --seed and --workers."""
+    """Command line: RUNS_DIR, --out, --seed, --workers and --rows."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs_dir", type=Path, help="the folder holding the run folders (e.g. runs)")
     parser.add_argument("--out", type=Path, default=Path("results/multigoal"), help="where the PNG and .md go")
     parser.add_argument("--seed", type=int, default=0, help="the seed of the policies' noise (default: 0)")
     parser.add_argument("--workers", type=int, default=2,
                         help="evaluations run at a time, one single-threaded subprocess each (default: 2)")
+    parser.add_argument("--rows", nargs="+", metavar="EXP_NAME",
+                        help="the exp_names to show, in this order; other checkpoints are not evaluated (default: "
+                             "dacerv2, dacer, then every other exp_name found)")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers must be positive, got {args.workers}")
     return args
 
 
-def build_report(runs_dir, out, seed=0, workers=2):
-    """Evaluate the checkpoints under runs_dir, write OUT/multigoal.png and OUT/multigoal.md; returns the markdown and
-    the evaluations. Raises ReportError when no checkpoint can be evaluated."""
+def build_report(runs_dir, out, seed=0, workers=2, rows=None):
+    """Evaluate the checkpoints under runs_dir (those of the exp_names in rows, if given), write OUT/multigoal.png and
+    OUT/multigoal.md; returns the markdown and the evaluations. Raises ReportError when no checkpoint can be
+    evaluated."""
     checkpoints, notes = find_checkpoints(runs_dir)
+    if rows:
+        rows = list(dict.fromkeys(rows))
+        notes += [f"not in --rows: {c.label}" for c in checkpoints if c.exp_name not in rows]
+        checkpoints = [c for c in checkpoints if c.exp_name in rows]
     evaluations, untrained, failures = evaluate_all(drop_duplicates(checkpoints, notes), seed, workers)
     notes += failures
     if not evaluations:
         raise ReportError(f"no usable MultiGoal checkpoint under {str(runs_dir)!r}: {'; '.join(notes)}")
-    groups = group(evaluations)
+    groups = group(evaluations, rows)
     out.mkdir(parents=True, exist_ok=True)
     plot_grid(groups, out / "multigoal.png")
     references = reference_rows(groups, untrained, seed)
@@ -396,7 +404,7 @@ def main(argv=None):
     """Write OUT/multigoal.png and OUT/multigoal.md and print the markdown; exit 2 on unusable input."""
     args = parse_args(argv)
     try:
-        markdown, _ = build_report(args.runs_dir, args.out, args.seed, args.workers)
+        markdown, _ = build_report(args.runs_dir, args.out, args.seed, args.workers, args.rows)
     except ReportError as error:
         print(f"multigoal_report.py: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -276,6 +276,30 @@ def test_report_on_three_checkpoints_skips_those_of_a_missing_or_changed_script(
     assert f"evaluated by `{SCRIPT}`" in markdown
 
 
+def test_report_rows_choose_and_order_the_rows_and_leave_the_others_unevaluated(multigoal_checkpoint, tmp_path):
+    _, source = multigoal_checkpoint
+    runs = tmp_path / "runs"
+    shutil.copytree(source.parent, runs / source.parent.name)  # dacerv2 / 6 goals / seed 1
+    derived_checkpoint(source, runs, "MultiGoal6-v0__eta30__1__100", "eta30")
+    derived_checkpoint(source, runs, "MultiGoal6-v0__other__1__100", "other", script=str(tmp_path / "gone.py"))
+    result = run_report(runs, tmp_path / "out", "--rows", "eta30", "dacerv2", "eta30")
+    assert result.returncode == 0, result.stderr
+    untrained = "| untrained network (T = 5, 2 x 32)"
+    assert table_rows(result.stdout) == [
+        ["| eta30", "4", ""], ["| DACERv2", "4", ""], ["| uniform random actions", "4", "-"],
+        ["| eta30", "5", ""], ["| DACERv2", "5", ""], ["| uniform random actions", "5", "-"],
+        ["| eta30", "6", "1"], ["| DACERv2", "6", "1"], [untrained, "6", "1"], ["| uniform random actions", "6", "-"],
+    ]
+    assert "| DACER |" not in result.stdout and "- DACER /" not in result.stdout  # no row, no note for dacer
+    assert "- eta30 / 4 goals: no checkpoint (blank in the table and the figure)" in result.stdout.splitlines()
+    assert "gone.py" in result.stdout  # "other" is noted as skipped (its script is missing), never evaluated
+    result = run_report(runs, tmp_path / "out2", "--rows", "dacer")
+    assert result.returncode == 2 and result.stdout == "" and not (tmp_path / "out2").exists()
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("multigoal_report.py: error: no usable MultiGoal checkpoint under ")
+    assert "not in --rows: dacerv2 / 6 goals / seed 1; not in --rows: eta30 / 6 goals / seed 1" in line
+
+
 def test_report_with_nothing_usable_left_says_why_in_one_line(multigoal_checkpoint, tmp_path, capsys):
     _, source = multigoal_checkpoint
     runs = tmp_path / "runs"
