@@ -118,6 +118,7 @@ def main():
     try:
         from stable_baselines3 import SAC
         from stable_baselines3.common.callbacks import BaseCallback
+        from stable_baselines3.common.logger import Logger as SB3Logger
         from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
     except ImportError:
         fail("the SAC baseline needs stable-baselines3: pip install -r benchmark/requirements.txt")
@@ -179,6 +180,7 @@ def main():
                 save_checkpoint(self.model, folder)
             return not stop_signals
 
+    model.set_logger(SB3Logger(folder=None, output_formats=[]))  # SB3's own has no output here but makes a /tmp folder
     model.learn(total_timesteps=args.total_timesteps - start_step, callback=Logger(), reset_num_timesteps=not resume)
     envs.close()
     eval_envs.close()

@@ -445,10 +445,13 @@ def test_fixed_run_folders_are_read_and_incomplete_runs_listed(tmp_path):
 def test_sac_baseline_logs_the_shared_tags_and_is_reported_beside_dacerv2_and_dacer(tmp_path):
     command = [sys.executable, str(BENCHMARK / "sac_baseline.py"), "--env-id", "Pendulum-v1", "--total-timesteps",
                "600", "--learning-starts", "200", "--eval-frequency", "200", "--eval-episodes", "2", "--no-cuda"]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    (tmp_path / "tmp").mkdir()
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert run_dir.name.startswith("Pendulum-v1__sac__1__")
+    assert not list((tmp_path / "tmp").glob("SB3-*"))  # no empty SB3-{time} log folder left in the temporary directory
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
     assert [e.step for e in acc.Scalars("eval/episodic_return")] == [399, 599]  # iteration 200 and the end
     assert [e.step for e in acc.Scalars("charts/episodic_return")] == [199, 399, 599]  # Pendulum: 200-step episodes
