@@ -1,6 +1,7 @@
 """Summarise benchmark runs: TAR table, normalised average score and learning curves (README "Results").
 
-Usage: python benchmark/report.py runs --out results [--planned logs/planned_runs.txt] [--reference ENV LABEL CSV ...]
+Usage: python benchmark/report.py runs --out results [--record results/runs.json] [--planned logs/planned_runs.txt]
+       [--reference ENV LABEL CSV ...]
 Reads the TensorBoard event files of every run folder `runs/{env_id}__{exp_name}__{seed}__{unix_time}/` (or
 `runs/{env_id}__{exp_name}__{seed}/`, the fixed folders of --resume-if-exists and --slurm grids), groups the runs by
 (env, exp_name), writes OUT/results.md plus one learning-curve PNG per env and prints the markdown; it lists the runs
@@ -11,6 +12,10 @@ With --random (benchmark/random_baseline.py's JSON) the tables get a uniform-ran
 over tasks: the interquartile mean (IQM) of baseline-normalised scores, (TAR - random) / (baseline TAR - random) per
 task and seed, with a stratified-bootstrap 95 % interval (as rliable computes it), the baseline being --baseline.
 --reference draws a published curve (one CSV per seed, its step taken as the iteration) on an env's figure.
+Every report also writes OUT/runs.json, a record of the runs it read (their evaluations, update times and settings,
+a few kB each): committed beside results.md, it keeps a grid's finished runs when their folders are gone (a new
+machine), and `--record OUT/runs.json` adds them to the next report, whose runs.json then holds both. A run in both
+(same env, exp_name and seed) is counted once, the one that got furthest.
 """
 
 import argparse
@@ -188,12 +193,35 @@ def load_runs(runs_dir):
     return runs, notes
 
 
+def record_of(runs):
+    """The runs as OUT/runs.json's JSON-ready dict (NaN update times as null)."""
+    return {"runs": [{
+        "folder": run.path.name, "env_id": run.env_id, "exp_name": run.exp_name, "seed": run.seed,
+        "steps": run.steps.tolist(), "returns": run.returns.tolist(), "num_envs": run.num_envs,
+        "total_timesteps": run.total_timesteps, "hparams": run.hparams, "fallbacks": run.fallbacks,
+        "update_ms": run.update_ms if np.isfinite(run.update_ms) else None} for run in runs]}
+
+
+def read_record(path):
+    """The Runs of a runs.json that an earlier report wrote."""
+    try:
+        entries = json.loads(Path(path).read_text())["runs"]
+        return [Run(Path(e["folder"]), e["env_id"], e["exp_name"], int(e["seed"]), np.array(e["steps"], dtype=np.int64),
+                    np.array(e["returns"], dtype=np.float64), int(e["num_envs"]), int(e["total_timesteps"]),
+                    dict(e["hparams"]), list(e["fallbacks"]),
+                    float("nan") if e["update_ms"] is None else float(e["update_ms"])) for e in entries]
+    except OSError as error:
+        raise ReportError(f"--record {path}: {error.strerror}") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise ReportError(f"--record {path}: not a runs.json that report.py wrote ({error!r:.60})") from None
+
+
 def drop_duplicate_seeds(runs, notes):
     """Keep one run per (env, exp_name, seed): the one that got furthest (then the latest folder name)."""
     best = {}
     for run in sorted(runs, key=lambda r: (r.steps[-1], r.path.name)):
         key = (run.env_id, run.exp_name, run.seed)
-        if key in best:
+        if key in best and best[key].path.name != run.path.name:  # the same folder in RUNS_DIR and a --record
             notes.append(f"{run.label}: several run folders, using {run.path.name}, ignoring {best[key].path.name}")
         best[key] = run
     return list(best.values())
@@ -582,7 +610,8 @@ def incomplete_runs(runs_dir, runs, rows, planned=(), planned_file=None):
     ones) and the runs of the plan that have no run folder at all (never started, or failed at start-up)."""
     lines = [f"- {run.label}: env step {run.steps[-1]:,} of {run.total_timesteps:,} (`{run.path.name}`)"
              for row in rows for run in row.runs if run.partial]
-    folders = sorted({path.parent for path in runs_dir.rglob("events.out.tfevents.*")} - {run.path for run in runs})
+    found = {path.parent for path in runs_dir.rglob("events.out.tfevents.*")} if runs_dir else set()
+    folders = sorted(found - {run.path for run in runs})
     started = {(base_name(run.env_id), run.exp_name, str(run.seed)) for run in runs} | {
         (base_name(name[0]), *name[1:3]) for name in (folder.name.split("__") for folder in folders)}
     missing = [f"- {env} / {exp} / seed {seed}: planned in {planned_file}, no run folder (not started yet, or failed "
@@ -591,7 +620,7 @@ def incomplete_runs(runs_dir, runs, rows, planned=(), planned_file=None):
     return lines + [f"- `{folder.name}`: no evaluation yet" for folder in folders] + missing
 
 
-def render_markdown(runs_dir, rows, curves, notes, incomplete=(), references=(), random_scores=None,
+def render_markdown(sources, rows, curves, notes, incomplete=(), references=(), random_scores=None,
                     baseline="sac", all_tasks=None):
     """The whole results.md as one string."""
     n_runs = sum(len(row.runs) for row in rows)
@@ -599,7 +628,7 @@ def render_markdown(runs_dir, rows, curves, notes, incomplete=(), references=(),
     lines = [
         "# DACERv2 benchmark results",
         "",
-        f"{n_runs} runs from `{runs_dir}`: {len(envs)} env(s), {len({row.config for row in rows})} configuration(s).",
+        f"{n_runs} runs from {sources}: {len(envs)} env(s), {len({row.config for row in rows})} configuration(s).",
         "",
         "## Total Average Return (TAR)",
         "",
@@ -652,7 +681,10 @@ def render_markdown(runs_dir, rows, curves, notes, incomplete=(), references=(),
 def parse_args(argv):
     """Command line: RUNS_DIR and --out."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("runs_dir", type=Path, help="the folder holding the run folders (e.g. runs)")
+    parser.add_argument("runs_dir", type=Path, nargs="?", help="the folder holding the run folders (e.g. runs); "
+                        "optional with --record")
+    parser.add_argument("--record", type=Path, nargs="+", default=[], metavar="RUNS_JSON", help="runs.json files "
+                        "of earlier reports: their runs are reported beside RUNS_DIR's (a run in both counts once)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="where results.md and the PNGs go")
     parser.add_argument("--random", type=Path, help="uniform-random returns per env (benchmark/random_baseline.py's "
                         "JSON): a random row per task and the IQM of --baseline-normalised scores")
@@ -670,7 +702,10 @@ def main(argv=None):
     """Write OUT/results.md and the learning-curve PNGs and print the markdown; exit 2 on unusable input."""
     args = parse_args(argv)
     try:
-        runs, notes = load_runs(args.runs_dir)
+        if args.runs_dir is None and not args.record:
+            raise ReportError("give RUNS_DIR, --record RUNS_JSON, or both")
+        runs, notes = load_runs(args.runs_dir) if args.runs_dir is not None else ([], [])
+        runs += [run for path in args.record for run in read_record(path)]
         planned = read_planned(args.planned) if args.planned else []
         rows = summarise(drop_duplicate_seeds(runs, notes))
         envs = {row.env_id for row in rows}
@@ -696,8 +731,11 @@ def main(argv=None):
     notes = run_notes(rows) + notes + env_notes(rows)
     incomplete = incomplete_runs(args.runs_dir, runs, rows, planned, args.planned)
     all_tasks = plot_all(rows, args.out) if len(envs) > 1 else None
-    markdown = render_markdown(args.runs_dir, rows, curves, notes, incomplete, reference_lines, random_scores,
+    sources = " and ".join(f"`{path}`" for path in ([args.runs_dir] if args.runs_dir else []) + args.record)
+    markdown = render_markdown(sources, rows, curves, notes, incomplete, reference_lines, random_scores,
                                args.baseline, all_tasks)
+    record = json.dumps(record_of(run for row in rows for run in row.runs), indent=1)
+    (args.out / "runs.json").write_text(record + "\n")
     (args.out / "results.md").write_text(markdown)
     print(markdown, end="")
 

@@ -246,6 +246,40 @@ def test_report_cli_errors(tmp_path, make_dir):
     assert ("no TensorBoard event files" if make_dir else "does not exist") in result.stderr
 
 
+def test_runs_json_keeps_finished_runs_for_the_next_report(runs_dir, tmp_path):
+    """A grid spans sessions and machines: the record of one report (OUT/runs.json) stands in for run folders that
+    are gone, and a new run folder beside it is reported with the recorded ones."""
+    first = tmp_path / "first"
+    assert report_cli(runs_dir, "--out", first).returncode == 0
+    tables = lambda text: text.split("## Learning curves")[0].split("\n", 3)[3]  # all but the sources line
+    alone = report_cli("--record", first / "runs.json", "--out", tmp_path / "alone")
+    assert alone.returncode == 0, alone.stderr
+    assert tables(alone.stdout) == tables((first / "results.md").read_text())
+    assert f"6 runs from `{first / 'runs.json'}`" in alone.stdout
+    assert "2: 30.0 (partial)" in alone.stdout
+    assert "env step 1,000 of 2,000 (`Hopper-v4__dacer__2__100`)" in alone.stdout
+    again = report_cli(runs_dir, "--record", first / "runs.json", "--out", tmp_path / "again")  # the same runs twice
+    assert again.returncode == 0 and tables(again.stdout) == tables(alone.stdout) and "several run" not in again.stdout
+    new = tmp_path / "new"  # a fourth dacerv2 seed, and the partial dacer seed 2 gone further on another machine
+    write_events(new / "Hopper-v4__dacerv2__4__200", curve([130, 120, 110]), hparams_of("Hopper-v4", "dacerv2", 4))
+    write_events(new / "Hopper-v4__dacer__2__200", curve([10, 20, 25]), hparams_of("Hopper-v4", "dacer", 2))
+    both = report_cli(new, "--record", first / "runs.json", "--out", tmp_path / "both")
+    assert both.returncode == 0, both.stderr
+    assert "| 4 | 100.0 ± 22.4 |" in both.stdout and "4: 130.0" in both.stdout
+    assert "2: 25.0 |" in both.stdout
+    assert "using Hopper-v4__dacer__2__200, ignoring Hopper-v4__dacer__2__100" in both.stdout
+    record = json.loads((tmp_path / "both" / "runs.json").read_text())["runs"]
+    folders = {r["folder"] for r in record}
+    assert len(record) == 7 and {"Hopper-v4__dacerv2__4__200", "Walker2d-v4__dacerv2__1__100"} <= folders
+    (tmp_path / "bad.json").write_text('{"runs": [{"folder": "x"}]}')
+    for args, message in [((), "give RUNS_DIR, --record RUNS_JSON, or both"),
+                          (("--record", tmp_path / "bad.json"), "not a runs.json that report.py wrote"),
+                          (("--record", tmp_path / "none.json"), "No such file")]:
+        result = report_cli(*args, "--out", tmp_path / "x")
+        assert result.returncode == 2 and result.stderr.startswith("report.py: error:") and message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
 def bash(script, *args, cwd, python=sys.executable):
     """Run a benchmark script with bash from cwd (each configuration it queues is checked with python); returns the
     CompletedProcess."""

@@ -10,7 +10,7 @@ FILE_NAME = re.compile(rf"(?<![\w/.<{{-])((?:\.\./|[\w-]+/)*[\w.-]*\w\.(?:{EXTEN
 GENERATED = ("runs/", "logs/", "results/", "videos/", "/tmp/")
 EXAMPLES = {"OLD_SCRIPT.py", "old.py", "STEM.pt", "STEM_multimodality.png", "multimodality.png", "_multimodality.png",
             "sampler.pt2", "eval.json",  # --eval-only's output
-            "all_tasks.png",  # report.py's figure of every task
+            "all_tasks.png", "runs.json",  # report.py's figure of every task, its record of the runs it read
             "dacerv2_utils.py"}  # the plumbing module of revisions up to fe5a4ab, for --baseline runs of them
 PLACEHOLDER = re.compile(r"(^|/)[A-Z][A-Z_]+/")  # a folder that stands for the user's: OUT/x.md, REPO_ROOT/x.py
 
