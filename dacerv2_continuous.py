@@ -480,7 +480,12 @@ def gmm_entropy(samples, num_components=3, max_iter=100, tol=1e-3, reg_covar=1e-
             break
         prev_ll = ll
     gaussian = 0.5 * d * (1 + math.log(2 * math.pi)) + 0.5 * log_det
-    return -(weights * weights.log()).sum(-1) + (weights * gaussian).sum(-1)
+    entropy = -(weights * weights.log()).sum(-1) + (weights * gaussian).sum(-1)
+    failed = ~torch.isfinite(entropy)  # float32's E[xx^T] - mu mu^T can cancel below reg_covar (Cholesky fails)
+    if dtype != torch.float64 and bool(failed.any()):  # e.g. a component of actions clipped at the bound: refit
+        refit = gmm_entropy(samples[failed], num_components, max_iter, tol, reg_covar, seed, torch.float64)
+        entropy[failed] = refit.to(dtype)
+    return entropy
 
 
 @torch.no_grad()
@@ -489,6 +494,8 @@ def estimate_entropy(actor, obs, alpha, noise_scale, num_samples, num_components
     B = obs.shape[0]
     states = obs.repeat(num_samples, 1)  # (N*B, obs_dim), sample-major; in chunks that keep the chain in cache
     actions = torch.cat([act(actor, chunk, alpha, noise_scale) for chunk in states.split(1024)])
+    if not bool(torch.isfinite(actions).all()):  # a diverged policy (NaN weights or alpha): nothing to fit
+        return torch.tensor(float("nan"), device=obs.device)
     return gmm_entropy(actions.view(num_samples, B, -1).transpose(0, 1), num_components).mean().float()
 
 
@@ -958,6 +965,8 @@ if __name__ == "__main__":
             if iteration % args.alpha_update_frequency == 0:  # entropy regulator: L_alpha = log alpha (H - H_target)
                 entropy = estimate_entropy(actor, batch[0], alpha, args.noise_scale, args.gmm_samples,
                                            args.gmm_components, act)
+                if not torch.isfinite(entropy):  # the fit has synchronised already
+                    diverged("non-finite GMM entropy estimate")
                 alpha_loss = log_alpha * (entropy - target_entropy)
                 alpha_optimizer.zero_grad(set_to_none=True)
                 alpha_loss.backward()

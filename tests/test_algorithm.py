@@ -264,6 +264,24 @@ def test_gmm_entropy_on_three_separated_gaussians_adds_log_3():
     assert estimate == pytest.approx(expected, abs=0.05 * abs(expected) + 0.05)
 
 
+def test_gmm_float32_fit_that_cancels_below_reg_covar_is_refit_in_float64():
+    """float32's E[x x^T] - mu mu^T loses the variance of a tight cluster far from 0 (e.g. actions clipped at the
+    bound, in a Hopper run at 22,000 iterations): its covariance is not positive definite even with reg_covar, the
+    Cholesky factor fails and the state's entropy was NaN, and so were alpha and every action after it. Such a state
+    is refit in float64."""
+    torch.manual_seed(0)
+    tight = 30 + 1e-4 * torch.randn(150, 2)  # a tight cluster far from the origin
+    spread = torch.cat([torch.randn(25, 2) * 0.5 + 20, torch.randn(25, 2) * 0.5 + 40])
+    samples = torch.stack([torch.cat([tight, spread]), torch.randn(200, 2), torch.randn(200, 2) * 0.3 + 1])
+    second_moment = tight.T @ tight / len(tight)  # what the EM's M-step computes, in float32
+    mean = tight.mean(0)
+    cov = second_moment - mean[:, None] * mean[None, :] + 1e-6 * torch.eye(2)
+    assert torch.linalg.eigvalsh(cov).min() <= 0  # float32 cannot hold this covariance
+    got, reference = dacer.gmm_entropy(samples), dacer.gmm_entropy(samples, dtype=torch.float64)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    assert got[0].item() == pytest.approx(reference[0].item(), abs=1e-3)  # the refit state (three clear clusters)
+
+
 def test_gmm_em_matches_the_textbook_em_from_the_same_init():
     """gmm_entropy's EM (sums and log-densities as products with [x x^T, x, 1]) equals the textbook EM on x - mu_k
     (sklearn's; scipy's Gaussian log-density), state by state, from the same k-means init and for the same 20

@@ -226,6 +226,16 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert result.returncode == 3 and "non-finite losses/" in result.stderr and "no checkpoint" in result.stderr
 
 
+def test_a_diverged_policy_stops_at_the_entropy_estimate_in_one_line(tmp_path):
+    """NaN actions reach the GMM fit before the next logged loss: the run stops there as diverged (exit 3), without
+    a traceback from the fit's k-means seeding."""
+    args = [*PENDULUM, "--total-timesteps", "2000", "--policy-lr", "1e30", "--alpha-update-frequency", "5"]
+    result = run(args, tmp_path)
+    assert result.returncode == 3 and "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: non-finite GMM entropy estimate at iteration") and "training diverged" in line
+
+
 def test_resume_refuses_a_checkpoint_with_other_networks_in_one_line(tmp_path):
     """E.g. a checkpoint of an older version, whose twin critics were one module with stacked weights."""
     assert run([*PENDULUM, "--total-timesteps", "400", "--save-model"], tmp_path).returncode == 0
