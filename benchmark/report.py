@@ -24,7 +24,7 @@ import json
 import re
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import matplotlib
@@ -194,22 +194,23 @@ def load_runs(runs_dir):
 
 
 def record_of(runs):
-    """The runs as OUT/runs.json's JSON-ready dict (NaN update times as null)."""
-    return {"runs": [{
-        "folder": run.path.name, "env_id": run.env_id, "exp_name": run.exp_name, "seed": run.seed,
-        "steps": run.steps.tolist(), "returns": run.returns.tolist(), "num_envs": run.num_envs,
-        "total_timesteps": run.total_timesteps, "hparams": run.hparams, "fallbacks": run.fallbacks,
-        "update_ms": run.update_ms if np.isfinite(run.update_ms) else None} for run in runs]}
+    """The runs as OUT/runs.json's JSON-ready dict: every Run field, the path as its folder's name, NaN as null."""
+    return {"runs": [{**{f.name: getattr(run, f.name) for f in fields(Run) if f.name != "path"},
+                      "folder": run.path.name, "steps": run.steps.tolist(), "returns": run.returns.tolist(),
+                      "update_ms": run.update_ms if np.isfinite(run.update_ms) else None} for run in runs]}
 
 
 def read_record(path):
-    """The Runs of a runs.json that an earlier report wrote."""
+    """The Runs of a runs.json that an earlier report wrote (record_of, read back)."""
+    def run_of(entry):
+        fixed = {**entry, "path": Path(entry["folder"]), "steps": np.array(entry["steps"], dtype=np.int64),
+                 "returns": np.array(entry["returns"], dtype=np.float64),
+                 "update_ms": float("nan") if entry["update_ms"] is None else float(entry["update_ms"])}
+        del fixed["folder"]
+        return Run(**fixed)
+
     try:
-        entries = json.loads(Path(path).read_text())["runs"]
-        return [Run(Path(e["folder"]), e["env_id"], e["exp_name"], int(e["seed"]), np.array(e["steps"], dtype=np.int64),
-                    np.array(e["returns"], dtype=np.float64), int(e["num_envs"]), int(e["total_timesteps"]),
-                    dict(e["hparams"]), list(e["fallbacks"]),
-                    float("nan") if e["update_ms"] is None else float(e["update_ms"])) for e in entries]
+        return [run_of(entry) for entry in json.loads(Path(path).read_text())["runs"]]
     except OSError as error:
         raise ReportError(f"--record {path}: {error.strerror}") from None
     except (ValueError, KeyError, TypeError) as error:
