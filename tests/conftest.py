@@ -10,6 +10,6 @@ torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items):
-    """The Pendulum learning check, the longest single test (4-5 minutes), first: under -n with --dist loadfile
+    """The Pendulum learning check, the longest single test (4-6 minutes), first: under -n with --dist loadfile
     --no-loadscope-reorder the other files share the other cores meanwhile, and no core waits on it at the end."""
     items.sort(key=lambda item: item.path.name != "test_learning.py")

@@ -31,15 +31,6 @@ TINY = ["--total-timesteps", "600", "--learning-starts", "200", "--batch-size", 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Evaluate on one thread, like the command lines (two threads are many times slower on busy cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def load_report_module():
     """benchmark/multigoal_report.py as a module (its functions, without running it)."""
     spec = importlib.util.spec_from_file_location("multigoal_report", REPORT)
