@@ -501,21 +501,41 @@ def estimate_entropy(actor, obs, alpha, noise_scale, num_samples, num_components
 
 # ALGO LOGIC: evaluation (modules in eval() mode: a dropout or normalisation layer you add behaves as at test time)
 @torch.no_grad()
-def evaluate(actor, eval_envs, device, seed):
-    """Returns of one episode per eval env with the evaluation action (no lambda*alpha noise), own generator: seed."""
+def evaluate(actor, eval_envs, device, seed, critic=None, gamma=0.99, reward_scale=1.0):
+    """Returns of one episode per eval env with the evaluation action (no lambda*alpha noise), own generator: seed.
+    With critic (--eval-only), also the critics' value estimation bias of these episodes (value_bias)."""
     actor.eval()
     obs, _ = eval_envs.reset(seed=seed)
     gen = torch.Generator(device=device).manual_seed(seed)
-    returns = np.full(eval_envs.num_envs, np.nan)
+    returns, trace = np.full(eval_envs.num_envs, np.nan), []
     while np.isnan(returns).any():
         obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
         actions = actor.sample(obs, actor.draw_noise(obs, gen))
-        obs, _, _, _, infos = eval_envs.step(actions.cpu().numpy())
+        q = None if critic is None else (smallest_mean(critic, obs, actions) / reward_scale).cpu().numpy()
+        running = np.isnan(returns)  # the first episode of each env only
+        obs, rewards, _, truncations, infos = eval_envs.step(actions.cpu().numpy())
+        trace.append((q, rewards * running, running, truncations & running))
         if "final_info" in infos:
             finished = infos["final_info"]["_episode"] & np.isnan(returns)
             returns[finished] = infos["final_info"]["episode"]["r"][finished]
     actor.train()
-    return returns
+    return returns if critic is None else (returns, value_bias(*map(np.array, zip(*trace)), gamma))
+
+
+def value_bias(q, rewards, running, truncated, gamma):
+    """Per episode (arrays of (steps, episodes)): the critics' estimate q = min_i mu_i(s_t, a_t) / reward_scale and the
+    discounted return-to-go G_t = sum_k gamma^k r_{t+k} at its first step, and both averaged over its steps but the
+    last h before a time limit (truncation), where G_t misses more than gamma^h = 1 % of the value beyond the limit."""
+    returns_to_go, later = np.zeros(q.shape), 0.0
+    for t in reversed(range(len(q))):  # G_t = r_t + gamma G_{t+1}; rewards after an episode's end are 0
+        returns_to_go[t] = later = rewards[t] + gamma * later
+    h = math.ceil(math.log(0.01) / math.log(gamma)) if gamma < 1 else len(q)
+    lengths, cut = running.sum(0), truncated.any(0)  # of each env's one episode
+    kept = running & ~(cut & (np.arange(len(q))[:, None] >= lengths - h))
+    steps = kept.sum(0)
+    with np.errstate(invalid="ignore"):  # an episode shorter than h that a time limit ends keeps no step: NaN
+        return {"q_first": q[0], "return_first": returns_to_go[0], "steps": steps,
+                "q_mean": (q * kept).sum(0) / steps, "return_mean": (returns_to_go * kept).sum(0) / steps}
 
 
 def multigoal_evaluation(actor, env, out_png, seed, title):
@@ -833,16 +853,22 @@ if __name__ == "__main__":
                                                                                              args.alpha_lr):
             optimizer.param_groups[0]["lr"] = lr
         iteration, start_step = checkpoint["iteration"], checkpoint["global_step"]
-    if args.eval_only:  # the returns of --eval-episodes episodes (and paper Fig. 2 on Multi-goal) into eval.json
-        returns, step = evaluate(actor, eval_envs, device, args.seed), checkpoint["global_step"] if checkpoint else 0
+    if args.eval_only:  # --eval-episodes returns, the critics' bias (and paper Fig. 2 on Multi-goal) into eval.json
+        step = checkpoint["global_step"] if checkpoint else 0
+        returns, bias = evaluate(actor, eval_envs, device, args.seed, critic.eval(), args.gamma, args.reward_scale)
         policy = f"{args.resume} (step {step})" if checkpoint else f"the untrained network of --seed {args.seed}"
         print(f"{policy} on {env_id}: eval/episodic_return {returns.mean():.2f} ± {returns.std():.2f} over "
               f"{len(returns)} episodes: {', '.join(f'{r:.2f}' for r in returns)}")
+        kept = bias["steps"] > 0  # episodes with steps far enough from a time limit
+        print(f"value estimation bias, critics' estimate vs discounted return (means over episodes): first step "
+              f"{bias['q_first'].mean():.2f} vs {bias['return_first'].mean():.2f}, all steps " + (
+                  f"{bias['q_mean'][kept].mean():.2f} vs {bias['return_mean'][kept].mean():.2f} ({bias['steps'].sum()}"
+                  " steps)" if kept.any() else "none (a time limit ends every episode too soon: docs/checkpoints.md)"))
         out = Path(args.eval_dir or (Path(args.resume).with_name(Path(args.resume).stem + "_eval") if checkpoint
                                      else f"runs/{run_name}"))
         result = {"checkpoint": args.resume, "script": SCRIPT, "script_sha256": SCRIPT_SHA256, "env_id": env_id,
                   "global_step": step, "seed": args.seed, "returns": returns.tolist(), "mean": returns.mean(),
-                  "std": returns.std()}
+                  "std": returns.std(), "value_bias": {k: v.tolist() for k, v in bias.items()}}
         if task == "MultiGoal":
             title = f"{args.exp_name} seed {args.seed}, step {step}" + ("" if checkpoint else ", untrained")
             metrics, paths = multigoal_evaluation(actor, eval_envs.envs[0], out / "multimodality.png", args.seed, title)

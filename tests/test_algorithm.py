@@ -234,6 +234,63 @@ def test_critic_targets_use_the_smaller_target_mean_and_its_sample():
     torch.testing.assert_close(y_sample, y)  # sigma = 0: the sample equals the mean
 
 
+class RampEnv(dacer.gym.Env):
+    """Rewards 0.5, 1.0, 1.5, ... for a random number of steps, 3 to 8 (drawn at reset from its seed); an episode of
+    up to 5 steps terminates, a longer one is cut by a time limit (truncated)."""
+    observation_space = dacer.gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = dacer.gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.length = 0, int(self.np_random.integers(3, 9))
+        return self.np_random.uniform(-1, 1, 3).astype(np.float32), {}
+
+    def step(self, action):
+        self.t, end = self.t + 1, self.t + 1 == self.length
+        obs = self.np_random.uniform(-1, 1, 3).astype(np.float32)
+        return obs, 0.5 * self.t, end and self.length <= 5, end and self.length > 5, {}
+
+
+class LinearCritics(torch.nn.Module):
+    """Twin 'critics' mu = sum(s) + action_weight sum(a) (+ 1 for the first: the second is the smaller)."""
+
+    def __init__(self, action_weight):
+        super().__init__()
+        self.action_weight = action_weight
+
+    def forward(self, obs, actions):
+        mu = obs.sum(-1) + self.action_weight * actions.sum(-1)
+        return torch.stack([mu + 1.0, mu]), torch.ones(2, len(mu))
+
+
+def test_evaluate_measures_the_critics_value_estimation_bias_of_its_episodes():
+    """--eval-only's bias: min_i mu_i(s, a) / reward_scale at the evaluation actions and the discounted return-to-go
+    of each env's first episode, at its first step and averaged over its steps but the h = 3 (gamma^h <= 1 %) before a
+    time limit; here recomputed from each episode replayed alone."""
+    envs = dacer.gym.vector.SyncVectorEnv([lambda: dacer.gym.wrappers.RecordEpisodeStatistics(RampEnv())] * 6,
+                                          autoreset_mode=dacer.gym.vector.AutoresetMode.SAME_STEP)
+    actor, seed, gamma, scale, cpu = dacer.DiffusionActor(3, 2, 16, 2, 5), 7, 0.2, 0.5, torch.device("cpu")
+    returns, bias = dacer.evaluate(actor, envs, cpu, seed, LinearCritics(2.0), gamma, scale)
+    assert np.array_equal(returns, dacer.evaluate(actor, envs, cpu, seed))  # the same episodes as without a critic
+    obs0 = torch.as_tensor(envs.reset(seed=seed)[0])
+    a0 = actor.sample(obs0, actor.draw_noise(obs0, torch.Generator().manual_seed(seed)))
+    np.testing.assert_allclose(bias["q_first"], ((obs0.sum(-1) + 2 * a0.sum(-1)) / scale).detach(), rtol=1e-5)
+    _, state_only = dacer.evaluate(actor, envs, cpu, seed, LinearCritics(0.0), gamma, scale)
+    lengths = []
+    for i in range(6):  # the vector env seeds env i with seed + i
+        env = RampEnv()
+        states = [env.reset(seed=seed + i)[0]] + [env.step(None)[0] for _ in range(env.length - 1)]
+        n = env.length
+        lengths.append(n)
+        to_go = [sum(gamma ** (k - t) * 0.5 * (k + 1) for k in range(t, n)) for t in range(n)]
+        kept = range(n if n <= 5 else n - 3)
+        assert returns[i] == 0.25 * n * (n + 1) and state_only["steps"][i] == len(kept)
+        assert bias["return_first"][i] == pytest.approx(to_go[0])
+        assert bias["return_mean"][i] == pytest.approx(np.mean([to_go[t] for t in kept]))
+        assert state_only["q_mean"][i] == pytest.approx(np.mean([states[t].sum() / scale for t in kept]), rel=1e-5)
+    assert min(lengths) <= 5 < max(lengths)  # episodes that terminate and episodes that a time limit ends
+
+
 def gaussian_entropy(cov):
     d = cov.shape[-1]
     return 0.5 * d * (1 + math.log(2 * math.pi)) + 0.5 * torch.logdet(cov.double())

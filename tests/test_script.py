@@ -129,6 +129,9 @@ def test_a_copy_alone_in_an_empty_folder_trains_resumes_and_evaluates_its_own_ne
     assert evaluated.returncode == 0, evaluated.stderr
     record = json.loads((checkpoint.with_name("my_idea_eval") / "eval.json").read_text())
     assert record["global_step"] == 600 and record["script"] == str(lab / "my_idea.py") and len(record["returns"]) == 2
+    bias_keys = ["q_first", "return_first", "steps", "q_mean", "return_mean"]  # the critics' bias, per episode
+    assert {k: len(v) for k, v in record["value_bias"].items()} == dict.fromkeys(bias_keys, 2)
+    assert "value estimation bias" in evaluated.stdout
 
     sys.path.insert(0, str(lab))
     try:
