@@ -511,12 +511,13 @@ def evaluate(actor, eval_envs, device, seed, critic=None, gamma=0.99, reward_sca
     while np.isnan(returns).any():
         obs = torch.as_tensor(obs, dtype=torch.float32, device=device)
         actions = actor.sample(obs, actor.draw_noise(obs, gen))
-        q = None if critic is None else (smallest_mean(critic, obs, actions) / reward_scale).cpu().numpy()
         running = np.isnan(returns)  # the first episode of each env only
+        q = None if critic is None else (smallest_mean(critic, obs, actions) / reward_scale).cpu().numpy()
         obs, rewards, _, truncations, infos = eval_envs.step(actions.cpu().numpy())
-        trace.append((q, rewards * running, running, truncations & running))
+        if critic is not None:  # --eval-only's record; training's evaluations keep none
+            trace.append((q, rewards * running, running, truncations & running))
         if "final_info" in infos:
-            finished = infos["final_info"]["_episode"] & np.isnan(returns)
+            finished = infos["final_info"]["_episode"] & running
             returns[finished] = infos["final_info"]["episode"]["r"][finished]
     actor.train()
     return returns if critic is None else (returns, value_bias(*map(np.array, zip(*trace)), gamma))
